@@ -33,3 +33,23 @@ class GraphValidationError(InterpError, ValueError):
 
 class UnsupportedModelError(InterpError, TypeError):
     """A pipeline for which no adapter is registered; the message says what an adapter needs."""
+
+
+class EditInputError(InterpError, ValueError):
+    """Bad input to the closed-form editor: lambda <= 0, disagreeing shapes, or non-finite values."""
+
+
+class EditMismatchError(InterpError, ValueError):
+    """An edit that does not fit the module it is applied to: a missing parameter, shape or dtype."""
+
+
+class ScoringInputError(InterpError, ValueError):
+    """Bad input to a scorer: image and text counts differ, or images have the wrong shape or range."""
+
+
+class BundledModelMissingError(InterpError, ImportError):
+    """The bundled tiny model (`models.tiny`) is not installed or not built yet."""
+
+
+class EditStateError(InterpError, RuntimeError):
+    """An edit applied twice to the same module, or reverted where it was never applied."""

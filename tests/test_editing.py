@@ -1,0 +1,254 @@
+"""The closed-form editor: solver correctness and conditioning, and Edit apply/revert/save/load."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from interp.editing import Edit, solve_closed_form
+from interp.errors import EditInputError, EditMismatchError, EditStateError, InterpError
+
+F64 = torch.float64
+OUT_PROJ = "encoder.layers.0.self_attn.out_proj.weight"
+V_PROJ = "encoder.layers.1.self_attn.v_proj.weight"
+
+
+def _problem(out_dim: int = 12, in_dim: int = 16, n: int = 5, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out_dim, in_dim, generator=g, dtype=F64)
+    keys = torch.randn(n, in_dim, generator=g, dtype=F64)
+    values = torch.randn(n, out_dim, generator=g, dtype=F64)
+    return weight, keys, values
+
+
+def _objective_gradient(w, w0, keys, values, lam, preserve=None, preserve_lam=1.0):
+    """d/dW of sum ||W k - v||^2 + lam ||W - W0||^2 + preserve_lam sum ||(W - W0) p||^2."""
+    grad = 2 * (w @ keys.T - values.T) @ keys + 2 * lam * (w - w0)
+    if preserve is not None:
+        grad = grad + 2 * preserve_lam * (w - w0) @ preserve.T @ preserve
+    return grad
+
+
+def _text_model(hidden: int = 32, seed: int = 0) -> CLIPTextModel:
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=100,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=16,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
+    return CLIPTextModel(config).eval()
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> set[str]:
+    return {k for k, v in module.state_dict().items() if not torch.equal(v, before[k])}
+
+
+def _edit_for(model: CLIPTextModel, names: tuple[str, ...] = (OUT_PROJ,)) -> Edit:
+    weights = {}
+    for i, name in enumerate(names):
+        w = model.get_parameter(name)
+        g = torch.Generator().manual_seed(i)
+        keys = torch.randn(3, w.shape[1], generator=g)
+        values = torch.randn(3, w.shape[0], generator=g)
+        weights[name] = solve_closed_form(w, keys, values, lam=0.01)
+    return Edit(weights, {"method": "test", "concepts": ["van gogh"], "lam": 0.01})
+
+
+# --- solver ---------------------------------------------------------------------------------------
+
+
+def test_solver_matches_normal_equations_and_minimises_objective():
+    weight, keys, values = _problem()
+    lam = 0.01
+    got = solve_closed_form(weight, keys, values, lam)
+    eye = torch.eye(weight.shape[1], dtype=F64)
+    reference = (lam * weight + values.T @ keys) @ torch.linalg.inv(lam * eye + keys.T @ keys)
+    torch.testing.assert_close(got, reference, rtol=1e-9, atol=1e-9)
+    grad = _objective_gradient(got, weight, keys, values, lam)
+    assert grad.abs().max() < 1e-9
+    # n < in: the keys are matched almost exactly for a small lambda.
+    torch.testing.assert_close(keys @ got.T, values, rtol=0, atol=1e-2)
+
+
+def test_solver_keeps_dtype_and_device_and_does_not_touch_inputs():
+    weight, keys, values = (t.float() for t in _problem())
+    before = weight.clone()
+    got = solve_closed_form(weight, keys, values.half(), lam=0.5)
+    assert got.dtype == torch.float32 and got.device == weight.device and got.shape == weight.shape
+    assert torch.equal(weight, before)
+
+
+def test_float64_solve_avoids_float32_inverse_drift_on_ill_conditioned_keys():
+    out_dim, in_dim, n, lam = 64, 64, 8, 0.01
+    g = torch.Generator().manual_seed(1)
+    left, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
+    right, _ = torch.linalg.qr(torch.randn(in_dim, n, generator=g, dtype=F64))
+    keys = (left @ torch.diag(torch.logspace(2, -3, n, dtype=F64)) @ right.T).float()
+    weight = (torch.randn(out_dim, in_dim, generator=g, dtype=F64) / 8).float()
+    values = torch.randn(n, out_dim, generator=g, dtype=F64).float()
+    k, w, v = keys.double(), weight.double(), values.double()
+    system = lam * torch.eye(in_dim, dtype=F64) + k.T @ k
+    assert torch.linalg.cond(system) > 1e5
+    reference = (lam * w + v.T @ k) @ torch.linalg.inv(system)
+    update = (reference - w).norm()
+
+    ours = solve_closed_form(weight, keys, values, lam).double()
+    system32 = lam * torch.eye(in_dim) + keys.T @ keys
+    papers = ((lam * weight + values.T @ keys) @ torch.linalg.inv(system32)).double()
+    ours_drift = ((ours - reference).norm() / update).item()
+    papers_drift = ((papers - reference).norm() / update).item()
+    assert ours_drift < 1e-5
+    assert papers_drift > 1e-3 and papers_drift > 100 * ours_drift
+
+
+def test_preservation_keys_keep_current_outputs():
+    weight, keys, values = _problem(out_dim=12, in_dim=24, n=4)
+    preserve = torch.randn(6, 24, generator=torch.Generator().manual_seed(7), dtype=F64)
+    lam, preserve_lam = 0.01, 100.0
+    plain = solve_closed_form(weight, keys, values, lam)
+    kept = solve_closed_form(weight, keys, values, lam, preserve_keys=preserve, preserve_lam=preserve_lam)
+    drift_plain = (preserve @ (plain - weight).T).norm()
+    drift_kept = (preserve @ (kept - weight).T).norm()
+    assert drift_kept < 1e-3 * drift_plain
+    torch.testing.assert_close(keys @ kept.T, values, rtol=0, atol=5e-2)  # the edit still lands
+    grad = _objective_gradient(kept, weight, keys, values, lam, preserve, preserve_lam)
+    assert grad.abs().max() < 1e-8
+
+
+@pytest.mark.parametrize("lam", [0, -0.01, float("nan"), float("inf")])
+def test_solver_rejects_non_positive_lambda(lam):
+    weight, keys, values = _problem()
+    with pytest.raises(EditInputError, match=r"lam must be a finite number > 0, got") as info:
+        solve_closed_form(weight, keys, values, lam)
+    assert "0.01" in str(info.value)  # names the fix
+
+
+def test_solver_rejects_bad_preserve_lambda():
+    weight, keys, values = _problem()
+    with pytest.raises(EditInputError, match="preserve_lam"):
+        solve_closed_form(weight, keys, values, 0.01, preserve_keys=keys, preserve_lam=0)
+
+
+@pytest.mark.parametrize(
+    ("keys_shape", "values_shape", "preserve_shape", "message"),
+    [
+        ((5, 15), (5, 12), None, r"keys has shape \(5, 15\) but needs 16 columns"),
+        ((5, 16), (5, 11), None, r"values has shape \(5, 11\) but needs 12 columns"),
+        ((5, 16), (4, 12), None, r"keys \(5, 16\) and values \(4, 12\) need the same number of rows"),
+        ((16,), (12,), None, r"keys must be a 2-D matrix .* got shape \(16,\)"),
+        ((5, 16), (5, 12), (3, 8), r"preserve_keys has shape \(3, 8\) but needs 16 columns"),
+    ],
+)
+def test_solver_shape_errors_name_the_shapes(keys_shape, values_shape, preserve_shape, message):
+    weight = torch.zeros(12, 16)
+    preserve = None if preserve_shape is None else torch.zeros(preserve_shape)
+    with pytest.raises(EditInputError, match=message):
+        solve_closed_form(weight, torch.zeros(keys_shape), torch.zeros(values_shape), 0.01, preserve)
+
+
+def test_solver_rejects_non_finite_inputs():
+    weight, keys, values = _problem()
+    keys[0, 0] = float("nan")
+    with pytest.raises(EditInputError, match="keys contains NaN or inf"):
+        solve_closed_form(weight, keys, values, 0.01)
+
+
+def test_errors_share_the_framework_base_and_value_error():
+    assert issubclass(EditInputError, InterpError) and issubclass(EditInputError, ValueError)
+    assert issubclass(EditMismatchError, InterpError) and issubclass(EditMismatchError, ValueError)
+
+
+# --- Edit objects ---------------------------------------------------------------------------------
+
+
+def test_apply_changes_only_the_targeted_weight_and_revert_is_bit_exact():
+    model = _text_model()
+    before = _snapshot(model)
+    edit = _edit_for(model)
+    assert edit.changed_parameters == (OUT_PROJ,)
+    edit.apply(model)
+    assert edit.is_applied(model)
+    assert _changed(model, before) == {OUT_PROJ}  # bias and everything else untouched
+    assert torch.equal(model.get_parameter(OUT_PROJ), edit.weights[OUT_PROJ])
+    edit.revert(model)
+    assert not edit.is_applied(model)
+    assert _changed(model, before) == set()
+
+
+def test_apply_twice_and_revert_unapplied_are_errors():
+    model = _text_model()
+    edit = _edit_for(model)
+    with pytest.raises(EditStateError, match="not applied"):
+        edit.revert(model)
+    edit.apply(model)
+    with pytest.raises(EditStateError, match="already applied"):
+        edit.apply(model)
+
+
+def test_save_load_round_trip_onto_another_copy(tmp_path):
+    model = _text_model()
+    twin = copy.deepcopy(model)
+    before = _snapshot(twin)
+    edit = _edit_for(model, (OUT_PROJ, V_PROJ))
+    path = edit.save(tmp_path / "edit.safetensors")
+    loaded = Edit.load(path)
+    assert loaded.changed_parameters == edit.changed_parameters
+    assert loaded.metadata == {"method": "test", "concepts": ["van gogh"], "lam": 0.01}
+    edit.apply(model)
+    loaded.apply(twin)
+    for (name, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert _changed(loaded.revert(twin), before) == set()
+    # The file holds the changed weights only.
+    assert path.stat().st_size < 2 * sum(t.numel() * t.element_size() for t in edit.weights.values())
+
+
+def test_failed_apply_leaves_every_weight_untouched():
+    model = _text_model()
+    before = _snapshot(model)
+    weights = dict(_edit_for(model, (OUT_PROJ, V_PROJ)).weights)
+    weights["encoder.layers.7.self_attn.out_proj.weight"] = torch.zeros(32, 32)
+    edit = Edit(weights)
+    with pytest.raises(EditMismatchError, match=r"no parameter 'encoder\.layers\.7.*closest"):
+        edit.apply(model)
+    assert _changed(model, before) == set()
+    assert not edit.is_applied(model)
+
+
+def test_edit_for_another_architecture_is_a_clear_mismatch():
+    small, wide = _text_model(hidden=32), _text_model(hidden=48)
+    before = _snapshot(wide)
+    edit = _edit_for(small)
+    with pytest.raises(EditMismatchError, match=r"shape \(48, 48\) .* holds \(32, 32\)"):
+        edit.apply(wide)
+    with pytest.raises(EditMismatchError, match="float16"):
+        Edit({OUT_PROJ: edit.weights[OUT_PROJ].half()}).apply(small)
+    with pytest.raises(EditMismatchError, match="no parameter"):
+        edit.apply(torch.nn.Linear(32, 32))
+    assert _changed(wide, before) == set()
+
+
+def test_edit_rejects_non_matrices_and_bad_files(tmp_path):
+    with pytest.raises(EditInputError, match="weight matrices only"):
+        Edit({"encoder.layers.0.self_attn.out_proj.bias": torch.zeros(32)})
+    with pytest.raises(EditInputError, match="at least one weight"):
+        Edit({})
+    with pytest.raises(EditInputError, match="JSON"):
+        Edit({OUT_PROJ: torch.zeros(2, 2)}, {"lam": torch.tensor(1.0)}).save(tmp_path / "x.safetensors")
+    save_file({"w": torch.zeros(2, 2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(EditInputError, match="not an interp edit file"):
+        Edit.load(tmp_path / "plain.safetensors")
