@@ -1,0 +1,1 @@
+"""Architecture adapters (one module per family, see `models.base`) and the bundled tiny model."""

@@ -57,7 +57,9 @@ def build_clip_tokenizer(
         vocab.setdefault(token, len(vocab))
     merges: list[tuple[str, str]] = []
     seen: set[tuple[str, str]] = set()
-    for word in sorted({w.lower() for w in words if w.strip()}):
+    # Longer words' merges rank first, so a short word ("an") cannot split a longer one ("van").
+    vocabulary = sorted({w.lower() for w in words if w.strip()}, key=lambda w: (-len(w), w))
+    for word in vocabulary:
         if " " in word:
             raise ValueError(f"vocabulary entries are single words; split {word!r} into its words")
         for left, right in _merges_for(word):
@@ -76,6 +78,9 @@ def build_clip_tokenizer(
         pad_token=pad_token,
         model_max_length=max_length,
     )
+    split = [w for w in vocabulary if len(tokenizer.tokenize(w)) != 1]
+    if split:
+        raise ValueError(f"these words would not be single tokens: {split}; rename or drop them")
     if save_dir is not None:
         tokenizer.save_pretrained(str(save_dir))
     return tokenizer

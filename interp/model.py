@@ -1,0 +1,163 @@
+"""`interp.load`: one object that knows a pipeline's components, sites and tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from interp.errors import SubjectNotFoundError, TokenRangeError
+from interp.sites import Event, Site, SiteMap
+from models.base import Adapter, adapter_for
+
+
+@dataclass(frozen=True)
+class SubjectSpan:
+    """Where a subject sits in a tokenized prompt: padded-sequence positions, BOS at 0."""
+
+    subject: str
+    positions: tuple[int, ...]
+    tokens: tuple[str, ...]
+
+    @property
+    def last(self) -> int:
+        """The subject's last token, where causal tracing finds the text encoder's knowledge."""
+        return self.positions[-1]
+
+
+class Model:
+    """A diffusers pipeline seen through its adapter: components, sites, tokens."""
+
+    def __init__(self, pipe: Any, adapter: Adapter | None = None):
+        self.pipe = pipe
+        self.adapter = adapter or adapter_for(pipe)
+
+    def __repr__(self) -> str:
+        return f"Model({type(self.pipe).__name__}, family={self.adapter.family!r}, sites={len(self.site_map)})"
+
+    # components -----------------------------------------------------------------------------
+    @property
+    def components(self) -> dict[str, torch.nn.Module]:
+        return self.adapter.components(self.pipe)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipe, self.adapter.denoiser)
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [getattr(self.pipe, name) for name in self.adapter.text_encoders]
+
+    @property
+    def tokenizers(self) -> list[Any]:
+        return [getattr(self.pipe, name) for name in self.adapter.tokenizers]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.tokenizers[0]
+
+    # sites ----------------------------------------------------------------------------------
+    @cached_property
+    def _sites_and_events(self) -> tuple[SiteMap, dict[str, dict[str, Event]]]:
+        sites, events = self.adapter.sites(self.pipe)
+        return SiteMap(sites, self.components), events
+
+    @property
+    def site_map(self) -> SiteMap:
+        return self._sites_and_events[0]
+
+    def sites(self, kind: str | None = None, component: str | None = None) -> list[Site]:
+        """Named sites in forward order, optionally of one kind ("cross-attn", "text-mlp", ...)."""
+        return self.site_map.filter(kind, component)
+
+    def site(self, name: str | Site) -> Site:
+        """A site by canonical name, alias (`cross-attn-6`) or raw module path."""
+        return self.site_map[name]
+
+    def event(self, component: str, path: str) -> Event:
+        """Forward-pass timing of a module, for ordering reads and writes within one step."""
+        return self._sites_and_events[1][component][path]
+
+    # tokens ---------------------------------------------------------------------------------
+    @property
+    def max_length(self) -> int:
+        return self.tokenizer.model_max_length
+
+    def token_ids(self, prompts: list[str], tokenizer_index: int = 0) -> torch.Tensor:
+        """Padded ids exactly as the pipeline tokenizes prompts (max length, truncation)."""
+        tokenizer = self.tokenizers[tokenizer_index]
+        return tokenizer(
+            prompts, padding="max_length", max_length=tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        ).input_ids
+
+    def tokens(self, prompt: str) -> list[str]:
+        """The prompt's tokens up to and including the first EOS."""
+        tokenizer = self.tokenizer
+        ids = self.token_ids([prompt])[0].tolist()
+        end = ids.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in ids else len(ids)
+        return tokenizer.convert_ids_to_tokens(ids[:end])
+
+    def locate(self, prompt: str, subject: str) -> SubjectSpan:
+        """Token positions of `subject` in `prompt` (the first occurrence)."""
+        tokenizer = self.tokenizer
+        wanted = tokenizer(subject, add_special_tokens=False).input_ids
+        ids = self.token_ids([prompt])[0].tolist()
+        for start in range(len(ids) - len(wanted) + 1):
+            if wanted and ids[start : start + len(wanted)] == wanted:
+                positions = tuple(range(start, start + len(wanted)))
+                return SubjectSpan(subject, positions, tuple(tokenizer.convert_ids_to_tokens(wanted)))
+        raise SubjectNotFoundError(
+            f"subject {subject!r} (tokens {tokenizer.convert_ids_to_tokens(wanted)}) is not in prompt "
+            f"{prompt!r}, whose tokens are {self.tokens(prompt)}; pass a subject spelled as in the prompt"
+        )
+
+    def check_positions(self, positions: tuple[int, ...] | list[int]) -> None:
+        """Raise `TokenRangeError` for a position outside the padded sequence."""
+        bad = [p for p in positions if not -self.max_length <= p < self.max_length]
+        if bad:
+            raise TokenRangeError(
+                f"token positions {bad} are out of range: sequences have {self.max_length} "
+                f"positions (0 .. {self.max_length - 1}, BOS at 0)"
+            )
+
+    # generation -----------------------------------------------------------------------------
+    def default_size(self) -> tuple[int, int]:
+        return self.adapter.default_size(self.pipe)
+
+    def initial_latents(self, seed: int, height: int, width: int) -> torch.Tensor:
+        """The noise `pipe(generator=torch.Generator().manual_seed(seed))` draws for one image."""
+        shape = (1, *self.adapter.latent_shape(self.pipe, height, width))
+        generator = torch.Generator("cpu").manual_seed(seed)
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(
+            self.denoiser.device, self.denoiser.dtype
+        )
+
+
+def load(source: Any, **kwargs: Any) -> Model:
+    """A `Model` from a built pipeline, a folder saved with `save_pretrained`, a hub id, or "tiny".
+
+    `kwargs` go to `DiffusionPipeline.from_pretrained` (e.g. `torch_dtype`).
+    """
+    if isinstance(source, Model):
+        return source
+    if isinstance(source, (str, Path)):
+        source = _load_pipeline(str(source), **kwargs)
+    return Model(source)
+
+
+def _load_pipeline(source: str, **kwargs: Any) -> Any:
+    from diffusers import DiffusionPipeline
+
+    if source == "tiny":
+        from models.tiny import load_pipeline
+
+        return load_pipeline()
+    if Path(source).exists() and not (Path(source) / "model_index.json").exists():
+        raise FileNotFoundError(f"{source} is a path without model_index.json; save the pipeline with save_pretrained")
+    pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

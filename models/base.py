@@ -1,0 +1,109 @@
+"""What the core needs to know about one family of pipelines, and the registry of families.
+
+An adapter is mostly data (component names, site-naming patterns, key/value projections) plus three
+small functions that differ per family: the meta-device forward that orders sites, the encoding of
+prompts into the denoiser's conditioning, and the pipeline call kwargs built from it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from interp.errors import UnsupportedModelError
+from interp.sites import Event, Site, SitePattern, forward_events, name_sites
+
+ADAPTERS: dict[str, type["Adapter"]] = {}
+FAMILY_MODULES = ("models.sd",)  # imported on first lookup; each registers its adapters
+
+
+def register(*pipeline_classes: str) -> Callable[[type["Adapter"]], type["Adapter"]]:
+    """Class decorator: this adapter serves pipelines of these class names."""
+
+    def wrap(cls: type[Adapter]) -> type[Adapter]:
+        for name in pipeline_classes:
+            ADAPTERS[name] = cls
+        return cls
+
+    return wrap
+
+
+def adapter_for(pipe: Any) -> "Adapter":
+    """The adapter registered for `pipe`'s class (or a base class of it)."""
+    for module in FAMILY_MODULES:
+        importlib.import_module(module)
+    for klass in type(pipe).__mro__:
+        if klass.__name__ in ADAPTERS:
+            return ADAPTERS[klass.__name__]()
+    raise UnsupportedModelError(
+        f"no adapter for {type(pipe).__name__}; known pipelines: {sorted(ADAPTERS)}. An adapter "
+        "(one file in models/) declares the text encoder and denoiser components, site patterns, "
+        "cross-attention key/value projections and how prompts are encoded; see models/sd.py."
+    )
+
+
+def meta_twin(module: torch.nn.Module) -> torch.nn.Module:
+    """A weightless copy of `module` on the meta device, built from its config."""
+    if next(module.parameters()).device.type == "meta":
+        return module
+    with torch.device("meta"):
+        if hasattr(module, "from_config"):  # diffusers
+            return type(module).from_config(module.config)
+        return type(module)(module.config)  # transformers
+
+
+class Adapter(ABC):
+    """One family of text-to-image pipelines."""
+
+    family: ClassVar[str]
+    denoiser: ClassVar[str]
+    text_encoders: ClassVar[tuple[str, ...]]
+    tokenizers: ClassVar[tuple[str, ...]]
+    patterns: ClassVar[dict[str, tuple[SitePattern, ...]]]
+
+    def components(self, pipe: Any) -> dict[str, torch.nn.Module]:
+        """Component name -> module, text encoders first (their forward comes first)."""
+        return {name: getattr(pipe, name) for name in (*self.text_encoders, self.denoiser)}
+
+    def sites(self, pipe: Any) -> tuple[list[Site], dict[str, dict[str, Event]]]:
+        """Every named site in forward order, and the forward events of each component."""
+        sites: list[Site] = []
+        events: dict[str, dict[str, Event]] = {}
+        for component, module in self.components(pipe).items():
+            twin = meta_twin(module)
+            events[component] = forward_events(twin, self.meta_forward(component, twin))
+            found = name_sites(component, module, self.patterns[component], events[component])
+            sites.extend(self.finish_names(component, found))
+        return sites, events
+
+    def finish_names(self, component: str, sites: list[Site]) -> list[Site]:
+        """Hook for family-specific renaming and aliases; the identity by default."""
+        return sites
+
+    @abstractmethod
+    def meta_forward(self, component: str, twin: torch.nn.Module) -> Callable[[torch.nn.Module], object]:
+        """A function running one forward pass of `twin` on meta tensors."""
+
+    @abstractmethod
+    def encode(self, pipe: Any, input_ids: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Pipeline kwargs of the conditional branch from token ids (one tensor per tokenizer)."""
+
+    @abstractmethod
+    def uncond_kwargs(self, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rename the kwargs of an encoding of the empty prompt to the pipeline's negative_* names."""
+
+    @abstractmethod
+    def latent_shape(self, pipe: Any, height: int, width: int) -> tuple[int, int, int]:
+        """(channels, height, width) of the initial noise for an image of this size."""
+
+    def default_size(self, pipe: Any) -> tuple[int, int]:
+        """The pipeline's default (height, width) in pixels."""
+        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        return size, size
+
+    def kv_site(self, site: Site) -> tuple[str, ...]:
+        """Key/value projection paths whose input is the text embedding, for `Swap`."""
+        return site.kv_paths
