@@ -104,6 +104,6 @@ class Adapter(ABC):
         size = pipe.unet.config.sample_size * pipe.vae_scale_factor
         return size, size
 
-    def kv_site(self, site: Site) -> tuple[str, ...]:
-        """Key/value projection paths whose input is the text embedding, for `Swap`."""
-        return site.kv_paths
+    def context(self, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The tensor cross-attention layers read keys and values from, given `encode`'s output."""
+        return cond["prompt_embeds"]

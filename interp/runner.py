@@ -1,0 +1,281 @@
+"""Execute an intervention graph with nnsight: one batched pipeline call per chunk of runs.
+
+Rows of a chunk are its runs (targets together with their restore sources). The text encoder runs
+once on the chunk's prompts; the denoiser sees the classifier-free-guidance layout
+[uncond rows..., cond rows...] at every step. A restore copies the source row's activation into the
+target row inside the same forward pass, so one denoising loop serves many restored sites.
+
+Every read and write happens in a traced forward in module order: text-encoder sites first, then,
+at each denoising step, the denoiser's hook points sorted by their place in a forward pass.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import nnsight
+import torch
+from nnsight import NNsight
+from PIL import Image
+from tqdm.auto import tqdm
+
+from interp.graph import Add, Capture, Graph, Noise, Operation, Restore, Run, Scale, Set, Swap, Zero
+from interp.model import Model
+from interp.sites import Site
+
+# Within one module event: local edits, then restores (which overwrite), then captures (which see all).
+_PRIORITY = {Noise: 0, Set: 0, Add: 0, Zero: 0, Scale: 0, Restore: 1, Capture: 2}
+
+
+@dataclass
+class GraphResult:
+    """Images (3 x H x W floats in [0, 1]) and captured activations, keyed by run name.
+
+    `captures[run][key]` stacks one tensor per traced call: (steps, rows, ...) for denoiser sites
+    (rows = the branches the capture asked for), (1, 1, tokens, ...) for text sites.
+    """
+
+    images: dict[str, torch.Tensor] = field(default_factory=dict)
+    captures: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def pil(self, run: str) -> Image.Image:
+        array = (self.images[run].clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8)
+        return Image.fromarray(array.cpu().numpy())
+
+    def stack(self, runs: list[str]) -> torch.Tensor:
+        return torch.stack([self.images[r] for r in runs])
+
+
+@dataclass
+class _Action:
+    """One operation of one run on one hook point, with the batch rows it touches."""
+
+    op: Operation
+    run: str
+    rows: list[int]
+    source_rows: list[int] = field(default_factory=list)
+    context: torch.Tensor | None = None  # Swap: the replacement text embedding
+
+
+@dataclass
+class _HookPoint:
+    """A module's input or output in one component, and the actions on it, in forward order."""
+
+    component: str
+    path: str
+    io: str  # "input" or "output"
+    tuple_output: bool
+    order: tuple[int, int]
+    actions: list[_Action] = field(default_factory=list)
+
+    def active(self, step: int) -> list[_Action]:
+        return [a for a in self.actions if a.op.steps is None or step in a.op.steps]
+
+
+def run(model: Model, graph: Graph, chunk_size: int = 16, progress: bool = True) -> GraphResult:
+    """Validate and execute `graph`; at most `chunk_size` runs share one pipeline call."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    graph.validate(model)
+    result = GraphResult()
+    chunks = list(plan_chunks(graph, chunk_size))
+    for chunk in tqdm(chunks, desc="chunks", disable=not progress or len(chunks) < 2):
+        images, captures = _run_chunk(model, graph, chunk, progress)
+        for name, image in zip(chunk, images):
+            result.images.setdefault(name, image)
+        for name, keyed in captures.items():
+            result.captures.setdefault(name, keyed)
+    return result
+
+
+def plan_chunks(graph: Graph, chunk_size: int) -> Iterator[list[str]]:
+    """Split runs into batches of equal denoising loops, each carrying its own restore sources."""
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for run_ in graph.runs.values():
+        groups[run_.batch_key()].append(run_.name)
+    for names in groups.values():
+        current: list[str] = []
+        done: set[str] = set()
+        for name in names:
+            if name in done:
+                continue
+            closure = graph.closure(name)
+            need = [n for n in closure if n not in current]
+            if current and len(current) + len(need) > chunk_size:
+                yield current
+                current, need = [], closure
+            current += need
+            done.update(need)
+        if current:
+            yield current
+
+
+def _rows(run_index: int, n: int, cfg: bool, branch: str, text: bool) -> list[int]:
+    """Batch rows of one run: text sites have one row per run; the denoiser [uncond..., cond...]."""
+    if text or not cfg:
+        return [run_index]
+    return {"both": [run_index, n + run_index], "uncond": [run_index], "cond": [n + run_index]}[branch]
+
+
+def _hook_points(model: Model, graph: Graph, chunk: list[str], contexts: dict[str, torch.Tensor]) -> list[_HookPoint]:
+    """Every (module, input/output) the chunk's operations touch, sorted in forward order."""
+    ranks = {name: i for i, name in enumerate(model.components)}
+    points: dict[tuple[str, str, str], _HookPoint] = {}
+    n, cfg = len(chunk), graph.runs[chunk[0]].cfg
+
+    def point(component: str, path: str, io: str, tuple_output: bool) -> _HookPoint:
+        key = (component, path, io)
+        if key not in points:
+            event = model.event(component, path)
+            points[key] = _HookPoint(component, path, io, tuple_output,
+                                     (ranks[component], event.pre if io == "input" else event.post))
+        return points[key]
+
+    for index, name in enumerate(chunk):
+        for op in graph.runs[name].ops:
+            if isinstance(op, Swap):
+                for site in (model.site(s) for s in op.sites):
+                    rows = _rows(index, n, cfg, op.branch, text=False)
+                    for kv in site.kv_paths:
+                        point(site.component, kv, "input", False).actions.append(
+                            _Action(op, name, rows, context=contexts[op.prompt]))
+                continue
+            site = model.site(op.site)
+            rows = _rows(index, n, cfg, op.branch, site.is_text)
+            action = _Action(op, name, rows)
+            if isinstance(op, Restore):
+                action.source_rows = _rows(chunk.index(op.source), n, cfg, op.branch, site.is_text)
+            point(site.component, site.path, "output", site.tuple_output).actions.append(action)
+    for hook in points.values():
+        hook.actions.sort(key=lambda a: _PRIORITY.get(type(a.op), 0))
+    return sorted(points.values(), key=lambda h: h.order)
+
+
+def _index(rows: list[int], tokens: tuple[int, ...] | None) -> Any:
+    """Index selecting (rows x tokens) of an activation, or whole rows."""
+    if tokens is None:
+        return rows
+    return torch.tensor(rows)[:, None], torch.tensor(tokens)[None, :]
+
+
+def _noise(op: Noise, like: torch.Tensor) -> torch.Tensor:
+    """The op's fixed noise for one row's selected slice (the same for every row and step)."""
+    generator = torch.Generator("cpu").manual_seed(op.seed)
+    noise = torch.randn(like.shape[1:], generator=generator, dtype=torch.float32)
+    return (op.std * noise).to(like.device, like.dtype)
+
+
+def _apply(action: _Action, out: torch.Tensor, captures: dict[str, dict[str, list[torch.Tensor]]]) -> None:
+    """Carry out one row-level operation on a module output, in place."""
+    op = action.op
+    index = _index(action.rows, op.tokens)
+    if isinstance(op, Restore):
+        out[index] = out[_index(action.source_rows, op.tokens)]
+    elif isinstance(op, Noise):
+        selected = out[index]
+        out[index] = selected + _noise(op, selected)
+    elif isinstance(op, Set):
+        out[index] = torch.as_tensor(op.value, dtype=out.dtype, device=out.device)
+    elif isinstance(op, Add):
+        out[index] = out[index] + torch.as_tensor(op.value, dtype=out.dtype, device=out.device)
+    elif isinstance(op, Zero):
+        out[index] = 0
+    elif isinstance(op, Scale):
+        out[index] = out[index] * op.factor
+    elif isinstance(op, Capture):
+        captures[action.run].setdefault(op.key or op.site, []).append(out[index].detach().to("cpu").clone())
+
+
+def _visit(envoy: Any, hook: _HookPoint, actions: list[_Action], captures: dict) -> None:
+    """Read the hook point once and apply its actions (inputs are replaced, outputs edited in place)."""
+    if hook.io == "input":
+        context = envoy.input.clone()
+        for action in actions:
+            context[action.rows] = action.context.to(context.device, context.dtype)
+        envoy.input = context
+        return
+    out = envoy.output[0] if hook.tuple_output else envoy.output
+    for action in actions:
+        _apply(action, out, captures)
+
+
+def _envoy(root: Any, component: str, path: str) -> Any:
+    envoy = getattr(root, component)
+    for part in path.split(".") if path else ():
+        envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
+    return envoy
+
+
+class _Pipeline(torch.nn.Module):
+    """The pipeline as one module, so nnsight sees text encoders and denoiser in one forward."""
+
+    def __init__(self, model: Model):
+        super().__init__()
+        for name, module in model.components.items():
+            self.add_module(name, module)
+        self._model = model
+
+    def forward(self, input_ids: list[torch.Tensor], call_kwargs: dict[str, Any]) -> torch.Tensor:
+        adapter, pipe = self._model.adapter, self._model.pipe
+        return pipe(**adapter.encode(pipe, input_ids), **call_kwargs).images
+
+
+def _uninstrument(root: torch.nn.Module) -> None:
+    """Remove nnsight's per-module controllers, so nothing of a run stays on the model."""
+    for module in root.modules():
+        module.__dict__.pop("__nnsight__", None)
+        forward = module.__dict__.get("forward")
+        if forward is not None and type(forward).__module__.startswith("nnsight"):
+            del module.__dict__["forward"]
+
+
+def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool) -> tuple[torch.Tensor, dict]:
+    runs: list[Run] = [graph.runs[name] for name in chunk]
+    first = runs[0]
+    height, width = (first.height, first.width) if first.height else model.default_size()
+    pipe, adapter = model.pipe, model.adapter
+    with torch.no_grad():
+        input_ids = [model.token_ids([r.prompt for r in runs], i) for i in range(len(model.tokenizers))]
+        call_kwargs: dict[str, Any] = dict(
+            latents=torch.cat([model.initial_latents(r.seed, height, width) for r in runs]),
+            num_inference_steps=first.steps, guidance_scale=first.guidance_scale,
+            height=height, width=width, output_type="pt",
+        )
+        if first.cfg:
+            call_kwargs.update(adapter.uncond_kwargs(_encode(model, [""] * len(runs))))
+        swap_prompts = sorted({op.prompt for r in runs for op in r.ops if isinstance(op, Swap)})
+        contexts = {p: adapter.context(_encode(model, [p])) for p in swap_prompts}
+    hooks = _hook_points(model, graph, chunk, contexts)
+    text_hooks = [h for h in hooks if h.component != adapter.denoiser]
+    step_hooks = [h for h in hooks if h.component == adapter.denoiser]
+    steps = sorted({s for h in step_hooks for a in h.actions for s in (a.op.steps or range(first.steps))})
+    captures: dict[str, dict[str, list[torch.Tensor]]] = defaultdict(dict)
+
+    root = _Pipeline(model)
+    bar_config = dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(disable=not progress, leave=False, desc=f"{len(chunk)} runs")
+    try:
+        traced = NNsight(root)
+        with torch.no_grad(), traced.trace(input_ids, call_kwargs) as tracer:
+            for hook in text_hooks:
+                _visit(_envoy(traced, hook.component, hook.path), hook, hook.actions, captures)
+            if steps:
+                for step in tracer.iter[steps]:
+                    for hook in step_hooks:
+                        actions = hook.active(step)
+                        if actions:
+                            _visit(_envoy(traced, hook.component, hook.path), hook, actions, captures)
+            images = nnsight.save(traced.output)
+    finally:
+        _uninstrument(root)
+        pipe._progress_bar_config = bar_config
+    stacked = {run_: {k: torch.stack(v) for k, v in keyed.items()} for run_, keyed in captures.items()}
+    return images.cpu(), stacked
+
+
+def _encode(model: Model, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Plain (untraced) conditioning for prompts, as the pipeline itself would compute it."""
+    ids = [model.token_ids(prompts, i) for i in range(len(model.tokenizers))]
+    return model.adapter.encode(model.pipe, ids)
