@@ -7,7 +7,8 @@ values V (n x out), it returns the minimiser of
 
 that is W* = (lam W' + V^T K + preserve_lam W' P^T P)(lam I + K^T K + preserve_lam P^T P)^-1.
 The system is ill-conditioned, so it is solved in float64 with `torch.linalg.solve`, never through
-an explicit inverse. An `Edit` holds the new weights by parameter name; it applies, reverts
+an explicit inverse, in the equivalent update form W* = W' + (V - K W'^T)^T K A^-1 (A the second
+factor), which solves for min(n, out) columns instead of out. An `Edit` holds the new weights by parameter name; it applies, reverts
 bit-exactly, and saves to a small safetensors file of the changed weights only.
 """
 
@@ -16,7 +17,9 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import numbers
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ FORMAT_VERSION = "1"
 
 
 def _check_matrix(name: str, x: Tensor, columns: int | None, columns_of: str) -> None:
-    """Raise `EditInputError` unless `x` is a finite 2-D matrix with `columns` columns."""
+    """Raise `EditInputError` unless `x` is a 2-D matrix with `columns` columns."""
     if x.ndim != 2:
         raise EditInputError(
             f"{name} must be a 2-D matrix (one vector per row), got shape {tuple(x.shape)}; "
@@ -43,13 +46,22 @@ def _check_matrix(name: str, x: Tensor, columns: int | None, columns_of: str) ->
         raise EditInputError(
             f"{name} has shape {tuple(x.shape)} but needs {columns} columns to match {columns_of}"
         )
-    if not torch.isfinite(x).all():
+
+
+def _float64(name: str, x: Tensor, device: torch.device) -> Tensor:
+    """`x` as float64 on `device`, or `EditInputError` if it holds NaN or inf.
+
+    One sum finds them: a float64 sum of float32/16 values cannot overflow.
+    """
+    x64 = x.detach().to(device=device, dtype=torch.float64)
+    if not torch.isfinite(x64.sum()):
         raise EditInputError(f"{name} contains NaN or inf; check the activations it was built from")
+    return x64
 
 
 def _check_positive(name: str, value: float) -> None:
     """Raise `EditInputError` unless `value` is a finite number above zero."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
         raise EditInputError(
             f"{name} must be a finite number > 0, got {value!r}; it keeps the edit close to the "
             f"current weight and makes the system solvable (the papers use 0.01)"
@@ -82,22 +94,62 @@ def solve_closed_form(
             f"keys {tuple(keys.shape)} and values {tuple(values.shape)} need the same number of rows "
             f"(one value per key)"
         )
-
-    device = weight.device
-    w = weight.detach().to(device=device, dtype=torch.float64)
-    k = keys.detach().to(device=device, dtype=torch.float64)
-    v = values.detach().to(device=device, dtype=torch.float64)
-    lhs = lam * torch.eye(in_dim, dtype=torch.float64, device=device) + k.T @ k  # (in, in)
-    rhs = lam * w + v.T @ k  # (out, in)
     if preserve_keys is not None:
         _check_matrix("preserve_keys", preserve_keys, in_dim, "the weight's input size")
-        p = preserve_keys.detach().to(device=device, dtype=torch.float64)
-        ptp = preserve_lam * (p.T @ p)
-        lhs = lhs + ptp
-        rhs = rhs + w @ ptp
-    # W* lhs = rhs  <=>  lhs^T W*^T = rhs^T, and lhs is symmetric.
-    solution = torch.linalg.solve(lhs, rhs.T).T
+
+    device = weight.device
+    w, k, v = (_float64(n, x, device) for n, x in (("weight", weight), ("keys", keys), ("values", values)))
+    lhs = lam * torch.eye(in_dim, dtype=torch.float64, device=device) + k.T @ k  # A, (in, in)
+    if preserve_keys is not None:
+        p = _float64("preserve_keys", preserve_keys, device)
+        lhs = lhs + preserve_lam * (p.T @ p)
+    # rhs = W' A + R^T K with residuals R = V - K W'^T, so W* = W' + R^T K A^-1 (A is symmetric).
+    # Solving for K A^-1 (n columns) or R^T K A^-1 (out columns), whichever is fewer, is the same
+    # float64 solve of the transposed system at a fraction of the cost when n << out or out << n.
+    residual = v - k @ w.T  # (n, out)
+    if len(k) <= out_dim:
+        update = residual.T @ torch.linalg.solve(lhs, k.T).T
+    else:
+        update = torch.linalg.solve(lhs, k.T @ residual).T
+    solution = w + update
     return solution.to(dtype=weight.dtype, device=weight.device)
+
+
+def solve_shared_keys(
+    weights: Mapping[str, Tensor],
+    keys: Tensor,
+    values: Mapping[str, Tensor],
+    lam: float,
+    preserve_keys: Tensor | None = None,
+    preserve_lam: float = 1.0,
+) -> dict[str, Tensor]:
+    """`solve_closed_form` for several matrices that share keys and lambdas, in one solve.
+
+    Each row of W* solves its own problem with the same system matrix, so stacking the weights
+    row-wise and their values column-wise gives every matrix its own exact solution with one
+    factorisation (LoCoEdit's W_K and W_V, UCE's every cross-attention layer). Results keep each
+    weight's dtype and device.
+    """
+    if weights.keys() != values.keys():
+        raise EditInputError(
+            f"weights and values must name the same matrices; weights only: "
+            f"{sorted(weights.keys() - values.keys())}, values only: {sorted(values.keys() - weights.keys())}"
+        )
+    _check_matrix("keys", keys, None, "")
+    for name, weight in weights.items():
+        _check_matrix(f"weight {name!r}", weight, keys.shape[1], f"the keys {tuple(keys.shape)}")
+        _check_matrix(f"values for {name!r}", values[name], weight.shape[0], f"{name!r} {tuple(weight.shape)}")
+    names = list(weights)
+    stacked = solve_closed_form(
+        torch.cat([weights[n].detach().to(keys.device) for n in names]),
+        keys,
+        torch.cat([values[n].detach().to(keys.device) for n in names], dim=1),
+        lam,
+        preserve_keys,
+        preserve_lam,
+    )
+    parts = stacked.split([weights[n].shape[0] for n in names])
+    return {n: part.to(weights[n].dtype).to(weights[n].device) for n, part in zip(names, parts)}
 
 
 def _parameter(module: nn.Module, name: str) -> nn.Parameter:

@@ -1,0 +1,261 @@
+"""Benchmark: time per closed-form edit at full size, with random weights, on this machine.
+
+Measured in one run:
+(a) solve + apply (+ revert) of `interp.editing` on DiffQuickFix's shape (the 768x768 `out_proj` of
+    a CLIP ViT-L/14 text-encoder layer, keys from 4 templates x ~70 positions) and LoCoEdit's
+    (SD1.5 cross-attention `to_k`/`to_v`, 768 in), for 1 and for 100 concepts in one edit;
+(b) key/value collection through a full-size random CLIPTextModel, by stand-in functions marked
+    STAND-IN that the recipes in `interventions/` replace;
+(c) per-edit totals (collection + solve + apply) against the targets: DiffQuickFix < 0.5 s,
+    LoCoEdit < 1 s, and 100 concepts in one edit < 3x one.
+Run from the repository root: ``python -m bench.edit_speed [--threads N]``. On a machine whose
+cores are busy with other work, 2 OpenMP threads can be 10x slower than 1; the load average is
+printed so the numbers can be read against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from interp.editing import Edit, solve_closed_form, solve_shared_keys
+from models.vocab import build_clip_tokenizer
+
+LAM = 0.01
+TEXT_DIM = 768
+OLD, NEW = "van gogh", "painting"
+DIFFQUICKFIX_TEMPLATES = ("{}", "a photo of {}", "an image of {}", "a picture of {}")
+LOCOEDIT_TEMPLATES = ("{}", "a painting in the style of {}", "a photo in the style of {}", "a picture in the style of {}")
+LOCOEDIT_TARGET = "a painting"
+KEYS_PER_PROMPT = 70  # DiffQuickFix: the last subject token and every later position, of 77
+OUT_PROJ_LAYER = 0
+OUT_PROJ = f"encoder.layers.{OUT_PROJ_LAYER}.self_attn.out_proj.weight"
+# SD1.5's 16 cross-attention layers in forward order (down 0-5, mid 6, up 7-15) and their widths.
+SD15_CROSS_ATTENTION = (
+    *(f"down_blocks.{b}.attentions.{i}" for b in range(3) for i in range(2)),
+    "mid_block.attentions.0",
+    *(f"up_blocks.{b}.attentions.{i}" for b in range(1, 4) for i in range(3)),
+)
+SD15_WIDTHS = (320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 1280, 640, 640, 640, 320, 320, 320)
+LOCOGEN_WINDOW = (8, 9)  # the style window LoCoGen finds in SD1.5
+
+
+def timed(fn: Callable[[], object], repeats: int = 5) -> float:
+    """Median wall time of `fn` in seconds, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def vit_l14_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    """CLIP ViT-L/14's text encoder (SD1.x's) from its config, random weights, eval mode."""
+    torch.manual_seed(0)
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=TEXT_DIM,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        projection_dim=768,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config).eval()
+
+
+def cross_attention_stub(layers: tuple[int, ...]) -> nn.Module:
+    """Only the to_k/to_v weights of those SD1.5 cross-attention layers, under diffusers' parameter
+    names (a full random UNet would cost 3.4 GB and minutes to build for four matrices)."""
+    root = nn.Module()
+    for layer in layers:
+        parent = root
+        for part in f"{SD15_CROSS_ATTENTION[layer]}.transformer_blocks.0.attn2".split("."):
+            if not hasattr(parent, part):
+                parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        for name in ("to_k", "to_v"):
+            parent.add_module(name, nn.Linear(TEXT_DIM, SD15_WIDTHS[layer], bias=False))
+    return root.requires_grad_(False)
+
+
+def edit_round_trip(module: nn.Module, weights: dict[str, Tensor]) -> None:
+    """Apply the solved weights as an edit, then revert it so the next repeat starts from the same
+    weights (revert is a copy; it is a small part of the time)."""
+    edit = Edit(weights)
+    edit.apply(module)
+    edit.revert(module)
+
+
+def diffquickfix_edit(text_encoder: CLIPTextModel, keys: Tensor, values: Tensor) -> None:
+    """Solve and apply DiffQuickFix's out_proj update."""
+    weight = text_encoder.get_parameter(OUT_PROJ)
+    edit_round_trip(text_encoder, {OUT_PROJ: solve_closed_form(weight, keys, values, LAM)})
+
+
+def locoedit_edit(stub: nn.Module, keys: Tensor, target: Tensor) -> None:
+    """Solve and apply LoCoEdit's update of every to_k/to_v in `stub` in one shared-keys solve:
+    every key maps to W_old applied to the target embedding."""
+    weights = dict(stub.named_parameters())
+    values = {name: (target @ w.T).expand(len(keys), -1) for name, w in weights.items()}
+    edit_round_trip(stub, solve_shared_keys(weights, keys, values, LAM))
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the activation it needs is captured."""
+
+
+def collect_out_proj_io(
+    text_encoder: CLIPTextModel, input_ids: Tensor, layer: int, stop_early: bool
+) -> tuple[Tensor, Tensor]:
+    """STAND-IN for the recipes' capture: input and output of text layer `layer`'s self-attention
+    out_proj at every position; with `stop_early`, the forward pass ends at that layer."""
+    captured: dict[str, Tensor] = {}
+
+    def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+        captured["input"], captured["output"] = args[0].detach(), output.detach()
+        if stop_early:
+            raise _StopForward
+
+    handle = text_encoder.get_submodule(f"encoder.layers.{layer}.self_attn.out_proj").register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            text_encoder(input_ids=input_ids)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured["input"], captured["output"]
+
+
+def last_subject_positions(tokenizer: CLIPTokenizer, prompts: list[str]) -> list[int]:
+    """Position of each prompt's last subject token; in these templates the subject ends the prompt,
+    just before EOS (the recipes locate it through the model's subject finder instead)."""
+    return [len(tokenizer(p)["input_ids"]) - 2 for p in prompts]
+
+
+def collect_diffquickfix_pairs(
+    text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, stop_early: bool = True
+) -> tuple[Tensor, Tensor]:
+    """STAND-IN for interventions.diffquickfix's key/value collection: keys are out_proj inputs of the
+    old prompts from the last subject token on, values the out_proj outputs of the new prompts from
+    theirs, the longer list cut; old and new prompts share one batched forward pass."""
+    old = [t.format(OLD) for t in DIFFQUICKFIX_TEMPLATES]
+    new = [t.format(NEW) for t in DIFFQUICKFIX_TEMPLATES]
+    ids = tokenizer(old + new, padding="max_length", return_tensors="pt")["input_ids"]
+    inputs, outputs = collect_out_proj_io(text_encoder, ids, OUT_PROJ_LAYER, stop_early)
+    keys, values = [], []
+    starts = last_subject_positions(tokenizer, old + new)
+    for i in range(len(old)):
+        k, v = inputs[i, starts[i] :], outputs[len(old) + i, starts[len(old) + i] :]
+        n = min(len(k), len(v))
+        keys.append(k[:n])
+        values.append(v[:n])
+    return torch.cat(keys), torch.cat(values)
+
+
+def collect_locoedit_embeddings(
+    text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, padding: str
+) -> tuple[Tensor, Tensor]:
+    """STAND-IN for interventions.locoedit's collection: text-encoder outputs at the last subject token
+    of the old prompts (keys) and at the last token of the target prompt. The causal mask makes
+    `padding="longest"` give the same states as SD's padding to 77."""
+    prompts = [t.format(OLD) for t in LOCOEDIT_TEMPLATES] + [LOCOEDIT_TARGET]
+    ids = tokenizer(prompts, padding=padding, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        hidden = text_encoder(input_ids=ids).last_hidden_state
+    rows = torch.arange(len(prompts))
+    states = hidden[rows, torch.tensor(last_subject_positions(tokenizer, prompts))]
+    return states[:-1], states[-1:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of 5 after a warm-up, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n"
+    )
+    words = {w for t in (*DIFFQUICKFIX_TEMPLATES, *LOCOEDIT_TEMPLATES) for w in t.format(f"{OLD} {NEW}").split()}
+    tokenizer = build_clip_tokenizer(sorted(words), max_length=77)
+    start = time.perf_counter()
+    text_encoder = vit_l14_text_encoder(tokenizer)
+    print(f"built ViT-L/14 text encoder (random weights) in {time.perf_counter() - start:.1f} s")
+    window, all_layers = cross_attention_stub(LOCOGEN_WINDOW), cross_attention_stub(tuple(range(16)))
+    g = torch.Generator().manual_seed(0)
+
+    # (b) key/value collection through the full-size text encoder.
+    keys, values = collect_diffquickfix_pairs(text_encoder, tokenizer)
+    t = {
+        "dqf_collect_full": timed(lambda: collect_diffquickfix_pairs(text_encoder, tokenizer, stop_early=False)),
+        "dqf_collect_stop": timed(lambda: collect_diffquickfix_pairs(text_encoder, tokenizer, stop_early=True)),
+        "loco_collect_77": timed(lambda: collect_locoedit_embeddings(text_encoder, tokenizer, "max_length")),
+        "loco_collect_longest": timed(lambda: collect_locoedit_embeddings(text_encoder, tokenizer, "longest")),
+    }
+    print(f"\nDiffQuickFix keys for one concept: {tuple(keys.shape)} (4 templates x positions after the subject)")
+
+    # (a) solve + apply, 1 and 100 concepts in one edit (random keys of the real shapes).
+    for concepts in (1, 100):
+        n_dqf = concepts * len(keys)
+        k_dqf, v_dqf = torch.randn(n_dqf, TEXT_DIM, generator=g), torch.randn(n_dqf, TEXT_DIM, generator=g)
+        t[f"dqf_solve_{concepts}"] = timed(lambda: diffquickfix_edit(text_encoder, k_dqf, v_dqf))
+        k_loco = torch.randn(concepts * len(LOCOEDIT_TEMPLATES), TEXT_DIM, generator=g)
+        target = torch.randn(1, TEXT_DIM, generator=g)
+        for label, stub in (("loco", window), ("loco16", all_layers)):
+            t[f"{label}_solve_{concepts}"] = timed(lambda: locoedit_edit(stub, k_loco, target))
+
+    # (c) whole edits for one concept: collection + solve + apply.
+    t["dqf_total"] = timed(lambda: diffquickfix_edit(text_encoder, *collect_diffquickfix_pairs(text_encoder, tokenizer)))
+    t["loco_total"] = timed(
+        lambda: locoedit_edit(window, *collect_locoedit_embeddings(text_encoder, tokenizer, "longest"))
+    )
+    report(t, len(keys))
+    print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
+
+
+def report(t: dict[str, float], keys_per_concept: int) -> None:
+    """Print the times, the ratios and the targets."""
+    rows = [
+        ("key/value collection, DiffQuickFix, 8 prompts x 77, full 12-layer forward", t["dqf_collect_full"]),
+        ("key/value collection, DiffQuickFix, 8 prompts x 77, forward stopped at layer 0", t["dqf_collect_stop"]),
+        ("key collection, LoCoEdit, 5 prompts padded to 77", t["loco_collect_77"]),
+        ("key collection, LoCoEdit, 5 prompts padded to longest", t["loco_collect_longest"]),
+        (f"solve+apply+revert, DiffQuickFix 768x768, 1 concept ({keys_per_concept} keys)", t["dqf_solve_1"]),
+        (f"solve+apply+revert, DiffQuickFix 768x768, 100 concepts ({100 * keys_per_concept} keys)", t["dqf_solve_100"]),
+        ("solve+apply+revert, LoCoEdit layers 8-9 (4 x 1280x768), 1 concept (4 keys)", t["loco_solve_1"]),
+        ("solve+apply+revert, LoCoEdit layers 8-9 (4 x 1280x768), 100 concepts (400 keys)", t["loco_solve_100"]),
+        ("solve+apply+revert, all 16 cross-attn layers (32 matrices), 1 concept", t["loco16_solve_1"]),
+        ("solve+apply+revert, all 16 cross-attn layers (32 matrices), 100 concepts", t["loco16_solve_100"]),
+        ("whole edit, DiffQuickFix, 1 concept (collection stopped at layer 0)", t["dqf_total"]),
+        ("whole edit, LoCoEdit layers 8-9, 1 concept (padding to longest)", t["loco_total"]),
+    ]
+    width = max(len(label) for label, _ in rows)
+    for label, seconds in rows:
+        print(f"  {label:<{width}}  {seconds * 1000:9.1f} ms")
+    print("\nratios, solve+apply: 100 concepts in one edit / 1 concept (target < 3x), and vs 100 one-concept edits:")
+    for label, key in (("DiffQuickFix", "dqf"), ("LoCoEdit 8-9", "loco"), ("LoCoEdit all 16", "loco16")):
+        ratio = t[f"{key}_solve_100"] / t[f"{key}_solve_1"]
+        print(f"  {label:<16} {ratio:6.2f}x   ({100 / ratio:5.1f}x faster than 100 separate edits)")
+    print(f"  early stop at layer 0 speeds DiffQuickFix collection {t['dqf_collect_full'] / t['dqf_collect_stop']:.1f}x")
+    print("\ntargets (one concept, whole edit):")
+    print(f"  DiffQuickFix {t['dqf_total']:.3f} s  (target < 0.5 s): {'met' if t['dqf_total'] < 0.5 else 'MISSED'}")
+    print(f"  LoCoEdit     {t['loco_total']:.3f} s  (target < 1 s):   {'met' if t['loco_total'] < 1.0 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
