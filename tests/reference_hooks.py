@@ -1,0 +1,76 @@
+"""Plain torch-hook versions of the runner's operations: the reference the nnsight runner must match.
+
+Each helper registers forward hooks that do what one graph operation does, so a test can run the
+same batch through `pipe(...)` by hand and compare pixels with the runner's output.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+
+import interp
+
+
+@contextmanager
+def hooks(model: interp.Model, edits: dict[str, Callable[[torch.Tensor], None]]) -> Iterator[None]:
+    """In-place `edit(output)` on each named site's output at every call."""
+    handles = []
+    for name, edit in edits.items():
+        site = model.site(name)
+        module = model.components[site.component].get_submodule(site.path)
+
+        def hook(_m, _args, out, edit=edit, site=site):
+            edit(out[0] if site.tuple_output else out)
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def swap_inputs(model: interp.Model, site_names: list[str], rows: list[int], context: torch.Tensor) -> Iterator[None]:
+    """Replace the key/value projections' input rows of cross-attention sites with `context`."""
+    handles = []
+    for name in site_names:
+        site = model.site(name)
+        for path in site.kv_paths:
+            module = model.denoiser.get_submodule(path)
+
+            def pre(_m, args):
+                new = args[0].clone()
+                new[rows] = context
+                return (new, *args[1:])
+
+            handles.append(module.register_forward_pre_hook(pre))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def first_call(edit: Callable[[torch.Tensor], None]) -> Callable[[torch.Tensor], None]:
+    """Apply `edit` on the first call only: the pipeline encodes the prompts, then the empty negatives."""
+    calls: list[int] = []
+
+    def once(out: torch.Tensor) -> None:
+        if not calls:
+            edit(out)
+        calls.append(1)
+
+    return once
+
+
+def generate(model: interp.Model, prompts: list[str], seeds: list[int], steps: int, guidance: float = 7.5) -> torch.Tensor:
+    """Plain diffusers generation of a batch with per-row seeds, as the runner lays it out."""
+    height, width = model.default_size()
+    latents = torch.cat([model.initial_latents(s, height, width) for s in seeds])
+    with torch.no_grad():
+        return model.pipe(prompts, latents=latents, num_inference_steps=steps, guidance_scale=guidance,
+                          output_type="pt").images
