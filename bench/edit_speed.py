@@ -68,7 +68,6 @@ def vit_l14_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
         num_hidden_layers=12,
         num_attention_heads=12,
         max_position_embeddings=77,
-        projection_dim=768,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

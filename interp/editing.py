@@ -170,9 +170,10 @@ def _parameter(module: nn.Module, name: str) -> nn.Parameter:
 class Edit:
     """New values for some weight matrices of a module, by dotted parameter name, plus metadata.
 
-    Names are relative to the root module given to `apply` (e.g.
-    ``"text_model.encoder.layers.0.self_attn.out_proj.weight"``). `metadata` is JSON-serialisable
-    free-form information: by convention ``method``, ``concepts``, ``lam``.
+    Names are relative to the root module given to `apply` (e.g. a text encoder's
+    ``"encoder.layers.0.self_attn.out_proj.weight"`` in transformers 5). `metadata` is
+    JSON-serialisable free-form information: by convention ``method``, ``concepts``, ``lam``.
+    Several edits touching the same weights must be reverted in the reverse order of applying.
     """
 
     weights: dict[str, Tensor]
@@ -182,6 +183,7 @@ class Edit:
     )
 
     def __post_init__(self) -> None:
+        self.weights = dict(self.weights)
         if not self.weights:
             raise EditInputError("an Edit needs at least one weight; got an empty mapping")
         for name, tensor in self.weights.items():

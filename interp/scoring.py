@@ -9,7 +9,7 @@ they score identically.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Union
 
@@ -57,27 +57,23 @@ def _normalisation(path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD))
 
 
-def _as_chw(image: Image.Image | np.ndarray | Tensor) -> Tensor:
-    """One image as a float (3, H, W) tensor in [0, 1]."""
-    if isinstance(image, Image.Image):
-        return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[-1] != 3:
-            raise ScoringInputError(f"numpy images must be (H, W, 3), got {image.shape}")
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    return image
+def _chunks(images: Images) -> list[Tensor]:
+    """Any accepted image input as a list of (N, 3, H, W) tensors, one per same-sized group."""
+    if isinstance(images, Tensor):
+        return [images[None] if images.ndim == 3 else images]
+    if isinstance(images, Image.Image):
+        images = np.asarray(images.convert("RGB"), dtype=np.float32) / 255.0
+    if isinstance(images, np.ndarray):
+        if images.ndim not in (3, 4) or images.shape[-1] != 3:
+            raise ScoringInputError(f"numpy images must be (H, W, 3) or (N, H, W, 3), got {images.shape}")
+        batch = images[None] if images.ndim == 3 else images
+        return [torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)]
+    return [chunk for item in images for chunk in _chunks(item)]
 
 
 def _as_batch(images: Images) -> list[Tensor]:
-    """Split any accepted image input into float (N, 3, H, W) chunks of equal size, checked."""
-    if isinstance(images, Tensor):
-        chunks = [images[None] if images.ndim == 3 else images]
-    elif isinstance(images, np.ndarray) and images.ndim == 4:
-        chunks = [torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)]
-    elif isinstance(images, (Image.Image, np.ndarray)):
-        chunks = [_as_chw(images)[None]]
-    else:
-        chunks = [_as_chw(image)[None] for image in images]
+    """`_chunks`, checked: RGB, floating point, values in [0, 1], at least one image."""
+    chunks = _chunks(images)
     if not chunks or sum(len(chunk) for chunk in chunks) == 0:
         raise ScoringInputError("got no images; pass at least one")
     for chunk in chunks:
@@ -153,13 +149,26 @@ class CLIPScore:
         """Unit-norm image embeddings, (N, D) float32 on CPU."""
         return self._embed_chunks(_as_batch(images))
 
+    def _pixel_batches(self, chunks: list[Tensor]) -> Iterator[Tensor]:
+        """Preprocessed pixels in batches of `batch_size`, holding one batch's worth at a time."""
+        buffer: list[Tensor] = []
+        size = 0
+        for chunk in chunks:
+            for piece in chunk.split(self.batch_size):
+                buffer.append(self._preprocess(piece.to(self.device, torch.float32)))
+                size += len(piece)
+                if size >= self.batch_size:
+                    joined = torch.cat(buffer)
+                    yield joined[: self.batch_size]
+                    buffer, size = [joined[self.batch_size :]], size - self.batch_size
+        if size:
+            yield torch.cat(buffer)
+
     @torch.no_grad()
     def _embed_chunks(self, chunks: list[Tensor]) -> Tensor:
-        pixels = torch.cat([self._preprocess(chunk.to(self.device, torch.float32)) for chunk in chunks])
-        dtype = self.model.dtype
         parts = [
-            _features(self.model.get_image_features(pixel_values=batch.to(self.device, dtype)))
-            for batch in pixels.split(self.batch_size)
+            _features(self.model.get_image_features(pixel_values=batch.to(self.model.dtype)))
+            for batch in self._pixel_batches(chunks)
         ]
         return F.normalize(torch.cat(parts).float().cpu(), dim=-1)
 

@@ -72,9 +72,14 @@ def test_scores_have_the_right_shapes_and_range(scorer):
 
 
 def test_batched_equals_unbatched(clip_dir, scorer):
-    images = torch.from_numpy(_pixels(5)).permute(0, 3, 1, 2).float() / 255
+    pixels = _pixels(5)
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
     whole = CLIPScore.from_pretrained(clip_dir, batch_size=64)
-    torch.testing.assert_close(scorer(images, TEXTS), whole(images, TEXTS), rtol=0, atol=1e-5)
+    expected = whole(images, TEXTS)
+    torch.testing.assert_close(scorer(images, TEXTS), expected, rtol=0, atol=1e-5)
+    # Mixed sizes and kinds regroup into batches of 2 across inputs.
+    mixed = [images[0], Image.fromarray(pixels[1]), images[2:4], pixels[4] / 255]
+    torch.testing.assert_close(scorer(mixed, TEXTS), expected, rtol=0, atol=1e-5)
 
 
 def test_pil_numpy_and_tensor_inputs_score_the_same(scorer):
