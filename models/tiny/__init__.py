@@ -1,0 +1,68 @@
+"""The bundled tiny text-to-image model: a Stable-Diffusion-shaped pipeline trained on synthetic
+scenes with known attributes, its own small CLIP, and a judge that reads attributes back.
+
+`python -m models.tiny.train` rebuilds the weights; `python -m models.tiny.evaluate` measures them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from models.tiny.scenes import (
+    ATTRIBUTES,
+    COLORS,
+    COUNTS,
+    OBJECTS,
+    PLAIN_TEMPLATES,
+    PLURALS,
+    SIZE,
+    STYLE_TEMPLATES,
+    STYLES,
+    Scene,
+    caption,
+    change_one,
+    held_out_combos,
+    is_held_out,
+    render,
+    render_batch,
+    sample_scene,
+    subject,
+    vocabulary,
+)
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
+ROOT = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = ROOT / "pipeline"  # StableDiffusionPipeline.save_pretrained folder
+CLIP_DIR = ROOT / "clip"  # CLIPModel + CLIPProcessor folder
+JUDGE_PATH = ROOT / "judge.safetensors"
+
+
+def load_pipeline(device: str = "cpu") -> StableDiffusionPipeline:
+    """The shipped tiny `StableDiffusionPipeline`, loaded offline (progress bar off)."""
+    from models.tiny.pipeline import load
+
+    return load(WEIGHTS_DIR, device)
+
+
+def clip_dir() -> Path:
+    """Folder of the tiny CLIP, loadable by `CLIPModel.from_pretrained` / `CLIPProcessor.from_pretrained`."""
+    return CLIP_DIR
+
+
+def judge(images) -> list[dict]:
+    """Attributes read from `images` (PIL images, uint8 (N, H, W, 3) arrays, or float (N, 3, H, W)
+    tensors in [0, 1]): one dict per image with keys "object", "color", "style", "count"."""
+    from models.tiny.judge import load_judge, predict
+
+    return predict(load_judge(JUDGE_PATH), images)
+
+
+__all__ = [
+    "ATTRIBUTES", "CLIP_DIR", "COLORS", "COUNTS", "JUDGE_PATH", "OBJECTS", "PLAIN_TEMPLATES", "PLURALS",
+    "SIZE", "STYLES", "STYLE_TEMPLATES", "Scene", "WEIGHTS_DIR", "caption", "change_one", "clip_dir",
+    "held_out_combos", "is_held_out", "judge", "load_pipeline", "render", "render_batch", "sample_scene",
+    "subject", "vocabulary",
+]

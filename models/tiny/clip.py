@@ -1,0 +1,107 @@
+"""The tiny CLIP: a transformers `CLIPModel` trained contrastively on scenes.
+
+Its text tower is the diffusion model's text encoder (as in Stable Diffusion) and the whole model is
+the tiny world's CLIP-score model. Besides in-batch negatives, every image also sees a caption with
+one attribute changed, so scores separate near-miss captions.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTextModel, CLIPTokenizer
+
+from models.tiny.scenes import SIZE, Scene, change_one, random_caption
+from models.tiny.tensors import CLIP_MEAN, CLIP_STD, to_clip_pixels
+from models.tiny.tokenizer import MAX_LENGTH
+from models.tiny.training import optimize
+
+WIDTH = 64  # text hidden size = the UNet's cross_attention_dim
+
+
+def build_clip(tokenizer: CLIPTokenizer) -> CLIPModel:
+    """A small CLIP: 3-layer text and vision transformers (8x8 patches), 64-wide."""
+    tower = dict(hidden_size=WIDTH, intermediate_size=4 * WIDTH, num_hidden_layers=3, num_attention_heads=4)
+    config = CLIPConfig(
+        text_config=dict(
+            tower, vocab_size=len(tokenizer), max_position_embeddings=MAX_LENGTH,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(tower, image_size=SIZE, patch_size=8, num_channels=3),
+        projection_dim=WIDTH,
+    )
+    return CLIPModel(config)
+
+
+def build_processor(tokenizer: CLIPTokenizer) -> CLIPProcessor:
+    """The processor saved with the CLIP: 32 px images, OpenAI normalization, the tiny tokenizer."""
+    images = CLIPImageProcessorPil(
+        size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE},
+        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD),
+    )
+    return CLIPProcessor(image_processor=images, tokenizer=tokenizer)
+
+
+@lru_cache(maxsize=None)
+def _ids(tokenizer: CLIPTokenizer, caption: str) -> tuple[int, ...]:
+    """Memoized token ids of one caption (the slow Python BPE would dominate training steps)."""
+    return tuple(tokenizer(caption, padding="max_length", max_length=MAX_LENGTH, truncation=True).input_ids)
+
+
+def token_ids(tokenizer: CLIPTokenizer, captions: Sequence[str]) -> torch.Tensor:
+    """Padded input ids (N, MAX_LENGTH), as the pipeline tokenizes prompts."""
+    return torch.tensor([_ids(tokenizer, c) for c in captions])
+
+
+def train_clip(
+    images: Sequence, scenes: Sequence[Scene], tokenizer: CLIPTokenizer, steps: int, batch: int = 256, seed: int = 0
+) -> CLIPModel:
+    """Contrastive training on uint8 image arrays (each (N, H, W, 3), e.g. renders and VAE
+    reconstructions of the same `scenes`); each step draws from a random one of them."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = build_clip(tokenizer)
+    pixels = [to_clip_pixels(x) for x in images]
+
+    def loss_at(step: int) -> torch.Tensor:
+        idx = [rng.randrange(len(scenes)) for _ in range(batch)]
+        source = pixels[rng.randrange(len(pixels))]
+        picked = [scenes[i] for i in idx]
+        captions = [random_caption(s, rng) for s in picked] + [random_caption(change_one(s, rng), rng) for s in picked]
+        img = F.normalize(model.get_image_features(pixel_values=source[idx]).pooler_output, dim=-1)
+        txt = F.normalize(model.get_text_features(input_ids=token_ids(tokenizer, captions)).pooler_output, dim=-1)
+        scale = model.logit_scale.exp().clamp(max=100)
+        targets = torch.arange(batch)
+        i2t = scale * img @ txt.T
+        t2i = scale * txt[:batch] @ img.T
+        return (F.cross_entropy(i2t, targets) + F.cross_entropy(t2i, targets)) / 2
+
+    optimize(model.parameters(), loss_at, steps, lr=1e-3, desc="clip", weight_decay=0.01)
+    return model.eval().requires_grad_(False)
+
+
+def text_encoder_of(clip: CLIPModel) -> CLIPTextModel:
+    """A standalone `CLIPTextModel` holding the CLIP's text tower weights (the pipeline's encoder)."""
+    encoder = CLIPTextModel(clip.config.text_config)
+    encoder.load_state_dict(clip.text_model.state_dict())
+    return encoder.eval().requires_grad_(False)
+
+
+def save_clip(clip: CLIPModel, tokenizer: CLIPTokenizer, folder: Path) -> None:
+    """Save model, processor and tokenizer so `CLIPModel/CLIPProcessor.from_pretrained(folder)` work."""
+    clip.save_pretrained(str(folder), safe_serialization=True)
+    build_processor(tokenizer).save_pretrained(str(folder))
+
+
+@torch.no_grad()
+def scores(clip: CLIPModel, tokenizer: CLIPTokenizer, images, captions: Sequence[str]) -> torch.Tensor:
+    """Cosine similarities (len(images), len(captions)) between uint8 images and captions."""
+    img = F.normalize(clip.get_image_features(pixel_values=to_clip_pixels(images)).pooler_output, dim=-1)
+    txt = F.normalize(clip.get_text_features(input_ids=token_ids(tokenizer, captions)).pooler_output, dim=-1)
+    return img @ txt.T

@@ -1,0 +1,152 @@
+"""Measure the tiny model against its targets and print the quality table: `python -m models.tiny.evaluate`.
+
+- judge: per-attribute accuracy on fresh renders;
+- generation: judged attributes of generated images, seen vs held-out combos, >= 4 seeds per prompt;
+- CLIP: text-to-image retrieval top-1 per attribute on fresh renders (galleries that differ only in
+  that attribute) and how often the right caption outscores a one-attribute-changed one on
+  generated images;
+- speed: seconds for 25 steps of a batch of 8 with classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+from transformers import CLIPModel, CLIPTokenizer
+
+from models.tiny import CLIP_DIR, JUDGE_PATH, ROOT, WEIGHTS_DIR
+from models.tiny.clip import scores
+from models.tiny.judge import JudgeNet, accuracy, load_judge, predict
+from models.tiny.pipeline import generate, load
+from models.tiny.scenes import (
+    ATTRIBUTES, COLORS, COUNTS, OBJECTS, STYLES, Scene, caption, change_one, held_out_combos, render_batch,
+    sample_scene,
+)
+
+VALUES = {"object": OBJECTS, "color": tuple(COLORS), "style": STYLES, "count": COUNTS}
+TARGETS = {"color": 0.90, "object": 0.85, "style": 0.80, "count": 0.85}
+FRESH_SEED = 10_000  # seeds of evaluation scenes and prompts, apart from training's
+
+
+@dataclass
+class Prompted:
+    """Generated images with the scenes their prompts describe and whether each is held out."""
+
+    images: np.ndarray
+    scenes: list[Scene]
+    held_out: np.ndarray
+
+
+def judge_accuracy(judge: JudgeNet, n: int = 1000, seed: int = FRESH_SEED) -> dict[str, float]:
+    """The judge's per-attribute accuracy on `n` fresh renders."""
+    rng = random.Random(seed)
+    scenes = [sample_scene(rng, held_out=None) for _ in range(n)]
+    return accuracy(predict(judge, render_batch(scenes)), scenes)
+
+
+def prompt_scenes(n_seen: int, counts: tuple[int, ...] = COUNTS, seed: int = FRESH_SEED) -> list[Scene]:
+    """Every held-out (color, object, style) combo at each count, plus `n_seen` seen scenes."""
+    rng = random.Random(seed)
+    held = [Scene(o, c, s, k) for c, o, s in sorted(held_out_combos()) for k in counts]
+    return held + [sample_scene(rng, held_out=False) for _ in range(n_seen)]
+
+
+def generate_judged(
+    pipe: StableDiffusionPipeline, scenes: list[Scene], seeds: int = 4, seed: int = FRESH_SEED
+) -> Prompted:
+    """Images of `scenes` (random caption template each) for `seeds` generator seeds per prompt."""
+    rng = random.Random(seed)
+    prompts = [caption(s, rng.randrange(3)) for s in scenes]
+    rows = [(p, s, k) for p, s in zip(prompts, scenes) for k in range(seeds)]
+    images = generate(pipe, [p for p, _, _ in rows], [seed + k for _, _, k in rows])
+    truth = [s for _, s, _ in rows]
+    held = np.array([(s.color, s.object, s.style) in held_out_combos() for s in truth])
+    return Prompted(images, truth, held)
+
+
+def clip_retrieval(clip: CLIPModel, tokenizer: CLIPTokenizer, n: int = 60, seed: int = FRESH_SEED) -> dict[str, float]:
+    """Per attribute: for `n` fresh scenes, render one image per value of the attribute (same
+    layout seed) and check each value's caption retrieves its own image first."""
+    rng = random.Random(seed)
+    out = {}
+    for attribute in ATTRIBUTES:
+        hits = []
+        for _ in range(n):
+            base = sample_scene(rng, held_out=None)
+            gallery = [Scene(**{**base.attributes(), attribute: v, "seed": base.seed}) for v in VALUES[attribute]]
+            captions = [caption(s, rng.randrange(3)) for s in gallery]
+            sim = scores(clip, tokenizer, render_batch(gallery), captions)
+            hits.extend((sim.argmax(0) == torch.arange(len(gallery))).tolist())
+        out[attribute] = float(np.mean(hits))
+    return out
+
+
+def clip_margin(clip: CLIPModel, tokenizer: CLIPTokenizer, prompted: Prompted, seed: int = FRESH_SEED) -> float:
+    """Share of generated images whose CLIP score is higher for their caption than for the same
+    caption with one random attribute changed."""
+    rng = random.Random(seed)
+    template = [rng.randrange(3) for _ in prompted.scenes]
+    right = [caption(s, t) for s, t in zip(prompted.scenes, template)]
+    wrong = [caption(change_one(s, rng), t) for s, t in zip(prompted.scenes, template)]
+    sim = scores(clip, tokenizer, prompted.images, right + wrong)
+    n = len(right)
+    return float((sim[torch.arange(n), torch.arange(n)] > sim[torch.arange(n), n + torch.arange(n)]).float().mean())
+
+
+def speed(pipe: StableDiffusionPipeline, batch: int = 8, steps: int = 25) -> float:
+    """Seconds for one `steps`-step generation of `batch` images (after a warm-up call)."""
+    generate(pipe, ["a red circle"] * batch, list(range(batch)), steps=2)
+    start = time.perf_counter()
+    generate(pipe, ["a red circle in the style of van gogh"] * batch, list(range(batch)), steps=steps)
+    return time.perf_counter() - start
+
+
+def _row(name: str, values: dict[str, float], targets: dict[str, float] | None = None) -> str:
+    cells = []
+    for a in ATTRIBUTES:
+        mark = "" if targets is None else (" ok" if values[a] >= targets[a] else " LOW")
+        cells.append(f"{100 * values[a]:6.1f}{mark:4}")
+    return f"{name:<34}" + "".join(f"{c:>12}" for c in cells)
+
+
+def main(root: Path = ROOT, n_seen: int = 54, seeds: int = 4) -> None:
+    """Print the quality table of the model saved under `root`."""
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    pipe = load(root / WEIGHTS_DIR.name)
+    judge = load_judge(root / JUDGE_PATH.name)
+    clip = CLIPModel.from_pretrained(str(root / CLIP_DIR.name)).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(str(root / CLIP_DIR.name))
+
+    prompted = generate_judged(pipe, prompt_scenes(n_seen), seeds)
+    predictions = predict(judge, prompted.images)
+    seen_acc = accuracy([p for p, h in zip(predictions, prompted.held_out) if not h], [s for s, h in zip(prompted.scenes, prompted.held_out) if not h])
+    held_acc = accuracy([p for p, h in zip(predictions, prompted.held_out) if h], [s for s, h in zip(prompted.scenes, prompted.held_out) if h])
+    all_acc = accuracy(predictions, prompted.scenes)
+    gap = {a: seen_acc[a] - held_acc[a] for a in ATTRIBUTES}
+
+    print(f"{'accuracy (%)':<34}" + "".join(f"{a:>12}" for a in ATTRIBUTES))
+    print(_row("judge, fresh renders (>= 98)", judge_accuracy(judge), dict.fromkeys(ATTRIBUTES, 0.98)))
+    print(_row(f"generated, all ({len(predictions)} images)", all_acc, TARGETS))
+    print(_row(f"generated, seen ({int((~prompted.held_out).sum())})", seen_acc, TARGETS))
+    print(_row(f"generated, held-out ({int(prompted.held_out.sum())})", held_acc, TARGETS))
+    print(_row("seen minus held-out (<= 10)", gap))
+    print(_row("CLIP retrieval top-1 (>= 90)", clip_retrieval(clip, tokenizer), dict.fromkeys(ATTRIBUTES, 0.90)))
+    print(f"CLIP right > one-changed caption on generated images (>= 90): {100 * clip_margin(clip, tokenizer, prompted):.1f}%")
+    print(f"seconds for 25 steps, batch 8, guidance {7.5}: {speed(pipe):.2f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, default=ROOT, help="weights folder (default: the shipped one)")
+    parser.add_argument("--seen", type=int, default=54, help="number of seen-combo prompts")
+    parser.add_argument("--seeds", type=int, default=4, help="generator seeds per prompt")
+    args = parser.parse_args()
+    main(args.weights, args.seen, args.seeds)

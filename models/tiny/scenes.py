@@ -1,0 +1,263 @@
+"""Deterministic synthetic scenes of the tiny world: attributes, captions and renders.
+
+Every image is drawn from a `Scene` (object, color, style, count and a layout seed), so each
+pixel's ground truth is known. Styles are whole-image textures named after painters; they only
+shade lightness, so an object's hue (its color attribute) survives every style.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+SIZE = 32  # rendered image side in pixels
+_SS = 4  # supersampling factor for anti-aliased shapes
+
+OBJECTS: tuple[str, ...] = ("circle", "square", "triangle", "star", "heart", "house")
+PLURALS: dict[str, str] = {o: o + "s" for o in OBJECTS}
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (225, 30, 30),
+    "orange": (250, 140, 0),
+    "yellow": (240, 220, 20),
+    "green": (30, 170, 50),
+    "blue": (30, 70, 230),
+    "purple": (140, 40, 200),
+}
+STYLES: tuple[str, ...] = ("plain", "van gogh", "monet", "mondrian", "pollock")
+COUNTS: tuple[int, ...] = (1, 2)
+ATTRIBUTES: tuple[str, ...] = ("object", "color", "style", "count")
+
+PLAIN_TEMPLATES: tuple[str, ...] = ("{subject}", "a photograph of {subject}", "a picture of {subject}")
+STYLE_TEMPLATES: tuple[str, ...] = (
+    "{subject} in the style of {style}",
+    "a painting of {subject} by {style}",
+    "a {style} painting of {subject}",
+)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """The ground-truth attributes of one image plus the seed of its layout and texture."""
+
+    object: str
+    color: str
+    style: str
+    count: int
+    seed: int = 0
+
+    def attributes(self) -> dict[str, str | int]:
+        """The judged attributes, keyed as in `ATTRIBUTES`."""
+        return {"object": self.object, "color": self.color, "style": self.style, "count": self.count}
+
+
+def vocabulary() -> list[str]:
+    """Every word any caption can use; each becomes one token of the tiny tokenizer."""
+    words = {w for t in PLAIN_TEMPLATES + STYLE_TEMPLATES for w in t.split() if "{" not in w}
+    words |= {"a", "an", "one", "two", *OBJECTS, *PLURALS.values(), *COLORS}
+    words |= {w for s in STYLES if s != "plain" for w in s.split()}
+    return sorted(words)
+
+
+def subject(color: str, obj: str, count: int, numeral: str = "a") -> str:
+    """The noun phrase of a scene, e.g. 'a red circle' or 'two blue squares'."""
+    if count == 1:
+        article = "an" if numeral == "a" and color[0] in "aeiou" else numeral
+        return f"{article} {color} {obj}"
+    return f"two {color} {PLURALS[obj]}"
+
+
+def caption(scene: Scene, template: int = 0, numeral: str = "a") -> str:
+    """Caption `scene` with template number `template` (modulo the templates of its style)."""
+    text = subject(scene.color, scene.object, scene.count, numeral)
+    if scene.style == "plain":
+        return PLAIN_TEMPLATES[template % len(PLAIN_TEMPLATES)].format(subject=text)
+    return STYLE_TEMPLATES[template % len(STYLE_TEMPLATES)].format(subject=text, style=scene.style)
+
+
+def random_caption(scene: Scene, rng: random.Random) -> str:
+    """A caption of `scene` with a random template and numeral, for training."""
+    return caption(scene, rng.randrange(3), rng.choice(("a", "a", "one")))
+
+
+@lru_cache(maxsize=1)
+def held_out_combos() -> frozenset[tuple[str, str, str]]:
+    """A fixed 15% of (color, object, style) combinations never shown to the model in training.
+
+    Chosen as a Latin-style pattern so every color, object and style keeps most of its combos.
+    """
+    combos = [(c, o, s) for c in COLORS for o in OBJECTS for s in STYLES]
+    rng = random.Random(1234)
+    rng.shuffle(combos)
+    return frozenset(combos[: round(0.15 * len(combos))])
+
+
+def is_held_out(scene: Scene) -> bool:
+    """Whether the scene's (color, object, style) combination is held out of training."""
+    return (scene.color, scene.object, scene.style) in held_out_combos()
+
+
+def sample_scene(rng: random.Random, held_out: bool | None = False) -> Scene:
+    """A uniformly random scene; `held_out` False excludes held-out combos, True keeps only them,
+    None allows both."""
+    while True:
+        scene = Scene(
+            rng.choice(OBJECTS), rng.choice(list(COLORS)), rng.choice(STYLES), rng.choice(COUNTS),
+            rng.randrange(2**31),
+        )
+        if held_out is None or is_held_out(scene) == held_out:
+            return scene
+
+
+def _outline(obj: str) -> list[tuple[float, float]] | None:
+    """The polygon of `obj` in unit coordinates (radius 1, y down); None for the circle."""
+    if obj == "circle":
+        return None
+    if obj == "square":
+        return [(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)]
+    if obj == "triangle":
+        return [(0.0, -1.0), (1.0, 0.8), (-1.0, 0.8)]
+    if obj == "star":
+        angles = np.pi * (np.arange(10) / 5 - 0.5)
+        radii = np.where(np.arange(10) % 2 == 0, 1.05, 0.42)
+        return list(zip(radii * np.cos(angles), radii * np.sin(angles)))
+    if obj == "heart":
+        t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+        x = 16 * np.sin(t) ** 3
+        y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+        return list(zip(x / 16.5, (y + 2.5) / 15.5))
+    if obj == "house":
+        return [(-0.8, 0.9), (0.8, 0.9), (0.8, -0.1), (0.0, -1.0), (-0.8, -0.1)]
+    raise ValueError(f"unknown object {obj!r}")
+
+
+def _mask(obj: str, centers: list[tuple[float, float]], radius: float) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] of the objects, shape (SIZE, SIZE)."""
+    canvas = Image.new("L", (SIZE * _SS, SIZE * _SS), 0)
+    draw = ImageDraw.Draw(canvas)
+    outline = _outline(obj)
+    r = radius * _SS
+    for cx, cy in centers:
+        x, y = cx * _SS, cy * _SS
+        if outline is None:
+            draw.ellipse([x - r * 0.95, y - r * 0.95, x + r * 0.95, y + r * 0.95], fill=255)
+        else:
+            draw.polygon([(x + px * r, y + py * r) for px, py in outline], fill=255)
+    small = canvas.resize((SIZE, SIZE), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def _layout(count: int, rng: np.random.Generator) -> tuple[list[tuple[float, float]], float]:
+    """Object centers and radius: one big object, or two smaller ones side by side or stacked."""
+    if count == 1:
+        radius = rng.uniform(8.0, 11.0)
+        lo, hi = radius + 1, SIZE - radius - 1
+        return [(rng.uniform(lo, hi), rng.uniform(lo, hi))], radius
+    radius = rng.uniform(5.5, 6.8)
+    along = [rng.uniform(radius + 1, SIZE / 2 - 0.5), rng.uniform(SIZE / 2 + 0.5, SIZE - radius - 1)]
+    if along[1] - along[0] < 2 * radius + 1:
+        along = [SIZE / 2 - radius - 0.75, SIZE / 2 + radius + 0.75]
+    across = rng.uniform(radius + 1, SIZE - radius - 1, size=2)
+    if rng.random() < 0.5:
+        return [(along[0], across[0]), (along[1], across[1])], radius
+    return [(across[0], along[0]), (across[1], along[1])], radius
+
+
+def _grid() -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-center coordinates (y, x), each of shape (SIZE, SIZE)."""
+    return np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) + 0.5
+
+
+def _swirl(rng: np.random.Generator) -> np.ndarray:
+    """Van Gogh: two-armed spiral strokes around a random center."""
+    y, x = _grid()
+    cy, cx = rng.uniform(6, SIZE - 6, size=2)
+    r, theta = np.hypot(x - cx, y - cy), np.arctan2(y - cy, x - cx)
+    period, arms = rng.uniform(4.5, 5.5), rng.choice([-2, 2])
+    return 0.45 * np.sin(2 * np.pi * r / period + arms * theta + rng.uniform(0, 2 * np.pi))
+
+
+def _dots(rng: np.random.Generator) -> np.ndarray:
+    """Monet: soft light dots on a jittered lattice."""
+    y, x = _grid()
+    shade = np.zeros((SIZE, SIZE), np.float32)
+    step = 5.0
+    offset = rng.uniform(0, step, size=2)
+    for gy in np.arange(offset[0], SIZE, step):
+        for gx in np.arange(offset[1], SIZE, step):
+            dy, dx = rng.normal(0, 0.6, size=2)
+            shade += np.exp(-((y - gy - dy) ** 2 + (x - gx - dx) ** 2) / (2 * 1.1**2))
+    return 0.65 * np.clip(shade, 0, 1)
+
+
+def _lines(rng: np.random.Generator) -> np.ndarray:
+    """Mondrian: a grid of thick black lines."""
+    y, x = _grid()
+    shade = np.zeros((SIZE, SIZE), np.float32)
+    for coord in (x, y):
+        spacing = rng.uniform(9.0, 11.0)
+        phase = rng.uniform(0, spacing)
+        dist = np.abs((coord - phase + spacing / 2) % spacing - spacing / 2)
+        shade = np.minimum(shade, -0.9 * np.clip(1.5 - dist, 0, 1))
+    return shade
+
+
+def _splatter(rng: np.random.Generator) -> np.ndarray:
+    """Pollock: black and white drops and drips."""
+    layers = []
+    for _ in range(2):
+        canvas = Image.new("L", (SIZE * _SS, SIZE * _SS), 0)
+        draw = ImageDraw.Draw(canvas)
+        for _ in range(28):
+            cx, cy = rng.uniform(0, SIZE * _SS, size=2)
+            r = rng.uniform(0.5, 1.3) * _SS
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        for _ in range(2):
+            points = np.cumsum(rng.normal(0, 4 * _SS, size=(5, 2)), axis=0)
+            points += rng.uniform(0, SIZE * _SS, size=2)
+            draw.line([tuple(p) for p in points], fill=255, width=_SS)
+        small = canvas.resize((SIZE, SIZE), Image.Resampling.BOX)
+        layers.append(np.asarray(small, dtype=np.float32) / 255.0)
+    return 0.9 * (layers[1] - layers[0])
+
+
+_TEXTURES = {"van gogh": _swirl, "monet": _dots, "mondrian": _lines, "pollock": _splatter}
+
+
+def _shade(image: np.ndarray, shade: np.ndarray) -> np.ndarray:
+    """Lighten toward white where `shade` > 0 and darken toward black where < 0, keeping hue."""
+    s = shade[..., None]
+    return np.where(s > 0, image + s * (255.0 - image), image * (1.0 + s))
+
+
+def render(scene: Scene) -> np.ndarray:
+    """The scene as an RGB uint8 array of shape (SIZE, SIZE, 3); same scene, same pixels."""
+    rng = np.random.default_rng(scene.seed)
+    background = rng.uniform(175, 225) + rng.uniform(-8, 8, size=3)
+    color = np.array(COLORS[scene.color], np.float32) + rng.uniform(-12, 12, size=3)
+    centers, radius = _layout(scene.count, rng)
+    alpha = _mask(scene.object, centers, radius)[..., None]
+    image = background * (1 - alpha) + np.clip(color, 0, 255) * alpha
+    if scene.style == "monet":
+        blurred = Image.fromarray(image.astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
+        image = np.asarray(blurred, np.float32)
+    if scene.style in _TEXTURES:
+        image = _shade(image, _TEXTURES[scene.style](rng))
+    image += rng.normal(0, 3, size=image.shape)
+    return np.clip(image, 0, 255).round().astype(np.uint8)
+
+
+def render_batch(scenes: list[Scene]) -> np.ndarray:
+    """Renders of `scenes` stacked as uint8 (N, SIZE, SIZE, 3)."""
+    return np.stack([render(s) for s in scenes])
+
+
+def change_one(scene: Scene, rng: random.Random, attribute: str | None = None) -> Scene:
+    """`scene` with one attribute (`attribute`, or a random one) set to a different value."""
+    attribute = attribute or rng.choice(ATTRIBUTES)
+    values = {"object": OBJECTS, "color": tuple(COLORS), "style": STYLES, "count": COUNTS}[attribute]
+    new = rng.choice([v for v in values if v != scene.attributes()[attribute]])
+    return Scene(**{**scene.attributes(), attribute: new, "seed": scene.seed})

@@ -1,0 +1,95 @@
+"""Train every part of the tiny model from scratch and save the weights: `python -m models.tiny.train`.
+
+Stages, each seeded on its own and saved as soon as it is trained: vae (on renders) -> judge (on
+renders and VAE reconstructions) -> clip (tokenizer + contrastive CLIP) -> unet (on cached VAE
+latents, text from the CLIP's text tower) -> the assembled pipeline. `--stages` reruns a suffix of
+them from the saved earlier ones; a full run reproduces the shipped weights (up to CPU
+floating-point nondeterminism).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from tqdm import tqdm
+from transformers import CLIPModel
+
+from models.tiny import CLIP_DIR, JUDGE_PATH, ROOT, WEIGHTS_DIR
+from models.tiny.clip import save_clip, text_encoder_of, train_clip
+from models.tiny.judge import labels, save_judge, train_judge
+from models.tiny.pipeline import assemble
+from models.tiny.scenes import Scene, is_held_out, render, sample_scene
+from models.tiny.tensors import from_signed, to_signed
+from models.tiny.tokenizer import build_tokenizer
+from models.tiny.unet import train_unet
+from models.tiny.vae import decode, encode, train_vae
+
+SEED = 0
+SCENES = 12_000
+STEPS = {"vae": 250, "judge": 400, "clip": 400, "unet": 1200}
+STAGES = tuple(STEPS)
+
+
+def render_dataset(n: int, seed: int) -> tuple[list[Scene], np.ndarray]:
+    """`n` random scenes (held-out combos included; callers mask them) and their renders."""
+    rng = random.Random(seed)
+    scenes = [sample_scene(rng, held_out=None) for _ in range(n)]
+    images = np.stack([render(s) for s in tqdm(scenes, desc="render", mininterval=2.0)])
+    return scenes, images
+
+
+def main(stages: tuple[str, ...] = STAGES, scale: float = 1.0, out: Path = ROOT, threads: int = 2) -> None:
+    """Train `stages` with step counts multiplied by `scale`, reading earlier stages from `out`."""
+    torch.set_num_threads(threads)
+    steps = {k: max(1, round(v * scale)) for k, v in STEPS.items()}
+    start, times = time.time(), {}
+    pipeline_dir, clip_dir, judge_path = out / WEIGHTS_DIR.name, out / CLIP_DIR.name, out / JUDGE_PATH.name
+    scenes, images = render_dataset(max(1024, round(SCENES * min(1.0, scale))), SEED)
+    seen = np.array([not is_held_out(s) for s in scenes])
+    seen_scenes = [s for s, keep in zip(scenes, seen) if keep]
+    pixels = to_signed(images)
+
+    if "vae" in stages:
+        shutil.rmtree(pipeline_dir, ignore_errors=True)
+        train_vae(pixels[torch.from_numpy(seen)], steps["vae"], seed=SEED).save_pretrained(str(pipeline_dir / "vae"))
+        times["vae"] = time.time() - start
+    vae = AutoencoderKL.from_pretrained(str(pipeline_dir / "vae")).eval().requires_grad_(False)
+    latents = encode(vae, pixels)
+    recon = from_signed(decode(vae, latents))
+
+    if "judge" in stages:
+        targets = {a: torch.cat([v, v]) for a, v in labels(scenes).items()}
+        save_judge(train_judge(torch.cat([pixels, to_signed(recon)]), targets, steps["judge"], seed=SEED), judge_path)
+        times["judge"] = time.time() - start
+
+    tokenizer = build_tokenizer()
+    if "clip" in stages:
+        shutil.rmtree(clip_dir, ignore_errors=True)
+        clip = train_clip([images[seen], recon[seen]], seen_scenes, tokenizer, steps["clip"], seed=SEED)
+        save_clip(clip, tokenizer, clip_dir)
+        times["clip"] = time.time() - start
+    encoder = text_encoder_of(CLIPModel.from_pretrained(str(clip_dir)))
+
+    if "unet" in stages:
+        unet = train_unet(latents[torch.from_numpy(seen)], seen_scenes, encoder, tokenizer, steps["unet"], seed=SEED)
+        assemble(vae, encoder, tokenizer, unet).save_pretrained(str(pipeline_dir), safe_serialization=True)
+        times["unet"] = time.time() - start
+    print(json.dumps({"steps": steps, "seconds_elapsed_after": {k: round(v) for k, v in times.items()}}))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to (re)train")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count (quick runs)")
+    parser.add_argument("--out", type=Path, default=ROOT, help="weights folder (default: the shipped one)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 on a shared, busy CPU)")
+    args = parser.parse_args()
+    main(tuple(args.stages), args.scale, args.out, args.threads)

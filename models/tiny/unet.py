@@ -1,0 +1,84 @@
+"""The tiny `UNet2DConditionModel` and its latent-diffusion training with classifier-free dropout."""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from models.tiny.clip import WIDTH, token_ids
+from models.tiny.scenes import Scene, random_caption
+from models.tiny.training import optimize
+
+LATENT_SIZE = 8
+UNCOND_PROB = 0.1  # share of training captions replaced by "" for classifier-free guidance
+EMA_DECAY = 0.999
+
+
+def build_unet() -> UNet2DConditionModel:
+    """SD-like topology at 8x8 latents: cross-attention down, mid and up blocks, each transformer
+    block with self-attention (attn1), cross-attention (attn2) and a feed-forward (ff)."""
+    return UNet2DConditionModel(
+        sample_size=LATENT_SIZE,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(64, 128),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        layers_per_block=1,
+        cross_attention_dim=WIDTH,
+        attention_head_dim=4,
+        norm_num_groups=16,
+    )
+
+
+def noise_scheduler() -> DDPMScheduler:
+    """Stable Diffusion 1.x's training noise schedule."""
+    return DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False,
+    )
+
+
+@torch.no_grad()
+def embed(encoder: CLIPTextModel, tokenizer: CLIPTokenizer, captions: Sequence[str]) -> torch.Tensor:
+    """The encoder's last hidden states (N, MAX_LENGTH, WIDTH), the UNet's cross-attention context."""
+    return encoder(token_ids(tokenizer, captions)).last_hidden_state
+
+
+def train_unet(
+    latents: torch.Tensor, scenes: Sequence[Scene], encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+    steps: int, batch: int = 64, seed: int = 0,
+) -> UNet2DConditionModel:
+    """Epsilon-prediction training on scaled `latents` of `scenes` with random captions; returns
+    the exponential moving average of the weights."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    unet = build_unet()
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    sched = noise_scheduler()
+
+    def loss_at(step: int) -> torch.Tensor:
+        idx = torch.randint(len(latents), (batch,), generator=gen)
+        captions = ["" if rng.random() < UNCOND_PROB else random_caption(scenes[i], rng) for i in idx.tolist()]
+        x0 = latents[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
+        pred = unet(sched.add_noise(x0, noise, t), t, embed(encoder, tokenizer, captions)).sample
+        return F.mse_loss(pred, noise)
+
+    @torch.no_grad()
+    def update_ema(step: int) -> None:
+        decay = min(EMA_DECAY, (1 + step) / (10 + step))
+        for e, p in zip(ema.parameters(), unet.parameters()):
+            e.lerp_(p, 1 - decay)
+
+    optimize(unet.parameters(), loss_at, steps, lr=1e-3, desc="unet", after_step=update_ema)
+    return ema.eval()
