@@ -2,8 +2,8 @@
 
 Images are preprocessed here (resize the short side, center-crop, normalise) rather than through
 transformers' image processors, whose fast variants need torchvision; text goes through the CLIP's
-own tokenizer. PIL images, HWC numpy arrays and float tensors in [0, 1] all take the same path, so
-they score identically.
+own tokenizer. PIL images, HWC numpy arrays and CHW tensors (floats in [0, 1], or uint8) all take
+the same path, so they score identically.
 """
 
 from __future__ import annotations
@@ -45,7 +45,13 @@ def _bundled_clip_dir() -> str:
         raise BundledModelMissingError(
             "models.tiny has no clip_dir(); pass a CLIP hub id or folder to CLIPScore.from_pretrained"
         )
-    return str(tiny.clip_dir())
+    folder = Path(tiny.clip_dir())
+    if not folder.is_dir():
+        raise BundledModelMissingError(
+            f"the bundled tiny CLIP is not built yet ({folder} is missing); build it with "
+            f"`python -m models.tiny.train`, or pass a CLIP hub id or folder"
+        )
+    return str(folder)
 
 
 def _normalisation(path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -72,8 +78,8 @@ def _chunks(images: Images) -> list[Tensor]:
 
 
 def _as_batch(images: Images) -> list[Tensor]:
-    """`_chunks`, checked: RGB, floating point, values in [0, 1], at least one image."""
-    chunks = _chunks(images)
+    """`_chunks` with uint8 scaled to [0, 1], checked: RGB, floating point, in [0, 1], not empty."""
+    chunks = [chunk.float() / 255 if chunk.dtype == torch.uint8 else chunk for chunk in _chunks(images)]
     if not chunks or sum(len(chunk) for chunk in chunks) == 0:
         raise ScoringInputError("got no images; pass at least one")
     for chunk in chunks:
@@ -83,7 +89,7 @@ def _as_batch(images: Images) -> list[Tensor]:
             )
         if not chunk.is_floating_point():
             raise ScoringInputError(
-                f"image tensors must be floats in [0, 1], got {chunk.dtype}; divide uint8 images by 255"
+                f"image tensors must be floats in [0, 1] or uint8, got {chunk.dtype}; convert with x.float() / x.max()"
             )
         low, high = chunk.min().item(), chunk.max().item()
         if low < 0 or high > 1:

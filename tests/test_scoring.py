@@ -90,6 +90,7 @@ def test_pil_numpy_and_tensor_inputs_score_the_same(scorer):
     torch.testing.assert_close(scorer(pil, TEXTS[:3]), expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(scorer(pixels.astype(np.float32) / 255, TEXTS[:3]), expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(scorer(pil[0], TEXTS[0]), expected[:1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(scorer(pixels, TEXTS[:3]), expected, rtol=0, atol=1e-6)  # uint8
 
 
 def test_normalisation_comes_from_the_checkpoint_when_present(clip_dir, tmp_path):
@@ -108,8 +109,8 @@ def test_bad_inputs_are_clear_errors(scorer):
         scorer(images, TEXTS[:3])
     with pytest.raises(ScoringInputError, match=r"\[0, 1\].*\(x \+ 1\) / 2"):
         scorer(images * 2 - 1, TEXTS[:2])
-    with pytest.raises(ScoringInputError, match="divide uint8 images by 255"):
-        scorer((images * 255).to(torch.uint8), TEXTS[:2])
+    with pytest.raises(ScoringInputError, match=r"floats in \[0, 1\] or uint8, got torch.int64"):
+        scorer((images * 255).long(), TEXTS[:2])
     with pytest.raises(ScoringInputError, match=r"\(N, 3, H, W\)"):
         scorer(torch.rand(2, 4, 32, 32), TEXTS[:2])
 
@@ -122,8 +123,14 @@ def test_default_is_the_bundled_tiny_clip_loaded_lazily(clip_dir, monkeypatch):
     assert CLIPScore.from_pretrained().image_size == 32
 
 
-def test_missing_bundled_model_is_a_clear_error(monkeypatch):
+def test_missing_bundled_model_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "models.tiny", None)
     monkeypatch.delattr(models, "tiny", raising=False)
     with pytest.raises(BundledModelMissingError, match="pass a CLIP hub id or folder"):
+        CLIPScore.from_pretrained()
+    unbuilt = types.ModuleType("models.tiny")
+    unbuilt.clip_dir = lambda: tmp_path / "not-built"
+    monkeypatch.setitem(sys.modules, "models.tiny", unbuilt)
+    monkeypatch.setattr(models, "tiny", unbuilt, raising=False)
+    with pytest.raises(BundledModelMissingError, match="not built yet.*models.tiny.train"):
         CLIPScore.from_pretrained()
