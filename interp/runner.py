@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import nnsight
 import torch
@@ -21,6 +21,7 @@ from nnsight import NNsight
 from PIL import Image
 from tqdm.auto import tqdm
 
+from interp.budget import runs_per_chunk
 from interp.graph import Add, Capture, Graph, Noise, Operation, Restore, Run, Scale, Set, Swap, Zero
 from interp.model import Model
 from interp.sites import Site
@@ -74,13 +75,30 @@ class _HookPoint:
         return [a for a in self.actions if a.op.steps is None or step in a.op.steps]
 
 
-def run(model: Model, graph: Graph, chunk_size: int = 16, progress: bool = True) -> GraphResult:
-    """Validate and execute `graph`; at most `chunk_size` runs share one pipeline call."""
-    if chunk_size < 1:
+def run(
+    model: Model,
+    graph: Graph,
+    chunk_size: int | None = None,
+    memory_budget_gb: float = 4.0,
+    progress: bool = True,
+) -> GraphResult:
+    """Validate and execute `graph`, batching runs that share a denoising loop.
+
+    At most `chunk_size` runs (sources included) share one pipeline call; by default as many as
+    fit `memory_budget_gb` by `interp.budget`'s estimate.
+    """
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     graph.validate(model)
+
+    def limit(first: Run) -> int:
+        if chunk_size is not None:
+            return chunk_size
+        height, width = _size(model, first)
+        return runs_per_chunk(model, height, width, first.cfg, memory_budget_gb * 2**30)
+
     result = GraphResult()
-    chunks = list(plan_chunks(graph, chunk_size))
+    chunks = list(plan_chunks(graph, limit))
     for chunk in tqdm(chunks, desc="chunks", disable=not progress or len(chunks) < 2):
         images, captures = _run_chunk(model, graph, chunk, progress)
         for name, image in zip(chunk, images):
@@ -90,12 +108,16 @@ def run(model: Model, graph: Graph, chunk_size: int = 16, progress: bool = True)
     return result
 
 
-def plan_chunks(graph: Graph, chunk_size: int) -> Iterator[list[str]]:
-    """Split runs into batches of equal denoising loops, each carrying its own restore sources."""
+def plan_chunks(graph: Graph, limit: Callable[[Run], int]) -> Iterator[list[str]]:
+    """Split runs into batches of equal denoising loops, each carrying its own restore sources.
+
+    `limit(run)` is the most runs per batch for the group of runs like `run`.
+    """
     groups: dict[tuple, list[str]] = defaultdict(list)
     for run_ in graph.runs.values():
         groups[run_.batch_key()].append(run_.name)
     for names in groups.values():
+        chunk_size = limit(graph.runs[names[0]])
         current: list[str] = []
         done: set[str] = set()
         for name in names:
@@ -234,7 +256,7 @@ def _uninstrument(root: torch.nn.Module) -> None:
 def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool) -> tuple[torch.Tensor, dict]:
     runs: list[Run] = [graph.runs[name] for name in chunk]
     first = runs[0]
-    height, width = (first.height, first.width) if first.height else model.default_size()
+    height, width = _size(model, first)
     pipe, adapter = model.pipe, model.adapter
     with torch.no_grad():
         input_ids = [model.token_ids([r.prompt for r in runs], i) for i in range(len(model.tokenizers))]
@@ -273,6 +295,12 @@ def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool) -> 
         pipe._progress_bar_config = bar_config
     stacked = {run_: {k: torch.stack(v) for k, v in keyed.items()} for run_, keyed in captures.items()}
     return images.cpu(), stacked
+
+
+def _size(model: Model, run_: Run) -> tuple[int, int]:
+    """The run's (height, width), the model's default where unset."""
+    default_h, default_w = model.default_size()
+    return run_.height or default_h, run_.width or default_w
 
 
 def _encode(model: Model, prompts: list[str]) -> dict[str, torch.Tensor]:

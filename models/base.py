@@ -84,8 +84,11 @@ class Adapter(ABC):
         return sites
 
     @abstractmethod
-    def meta_forward(self, component: str, twin: torch.nn.Module) -> Callable[[torch.nn.Module], object]:
-        """A function running one forward pass of `twin` on meta tensors."""
+    def meta_forward(
+        self, component: str, twin: torch.nn.Module, latent_hw: tuple[int, int] | None = None
+    ) -> Callable[[torch.nn.Module], object]:
+        """A function running one forward pass of `twin` on meta tensors (denoiser: at `latent_hw`,
+        or the smallest size its blocks accept)."""
 
     @abstractmethod
     def encode(self, pipe: Any, input_ids: list[torch.Tensor]) -> dict[str, torch.Tensor]:

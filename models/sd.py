@@ -86,9 +86,11 @@ class StableDiffusionAdapter(Adapter):
     def finish_names(self, component: str, sites: list[Site]) -> list[Site]:
         return tidy_unet_names(sites) if component == self.denoiser else sites
 
-    def meta_forward(self, component: str, twin: torch.nn.Module) -> Callable[[torch.nn.Module], object]:
+    def meta_forward(
+        self, component: str, twin: torch.nn.Module, latent_hw: tuple[int, int] | None = None
+    ) -> Callable[[torch.nn.Module], object]:
         if component == self.denoiser:
-            return lambda unet: unet(*unet_meta_inputs(unet))
+            return lambda unet: unet(*unet_meta_inputs(unet, latent_hw))
         length = twin.config.max_position_embeddings
         return lambda text: text(torch.zeros(1, length, dtype=torch.long, device="meta"))
 
@@ -105,9 +107,12 @@ class StableDiffusionAdapter(Adapter):
         return pipe.unet.config.in_channels, height // scale, width // scale
 
 
-def unet_meta_inputs(unet: torch.nn.Module, tokens: int = 77) -> tuple[torch.Tensor, ...]:
-    """(sample, timestep, encoder_hidden_states) on the meta device, small spatially."""
+def unet_meta_inputs(
+    unet: torch.nn.Module, latent_hw: tuple[int, int] | None = None, tokens: int = 77
+) -> tuple[torch.Tensor, ...]:
+    """(sample, timestep, encoder_hidden_states) on the meta device; small spatially by default."""
     side = 2 ** len(unet.config.down_block_types)
-    sample = torch.zeros(1, unet.config.in_channels, side, side, device="meta")
+    height, width = latent_hw or (side, side)
+    sample = torch.zeros(1, unet.config.in_channels, height, width, device="meta")
     context = torch.zeros(1, tokens, unet.config.cross_attention_dim, device="meta")
     return sample, torch.zeros((), device="meta"), context

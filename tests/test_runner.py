@@ -154,3 +154,21 @@ def test_errors_of_their_own_type(model):
         run(model, Graph([Run("x", PROMPT, ops=[Swap(["mid-resnet-0"], "a painting")])]))
     with pytest.raises(GraphValidationError, match="unique"):
         Graph([Run("x", PROMPT), Run("x", PROMPT)])
+
+
+def test_memory_budget_sets_the_chunk_size(model):
+    from interp.budget import bytes_per_run, runs_per_chunk
+    from interp.runner import plan_chunks
+
+    per_run = bytes_per_run(model, 32, 32, cfg=True)
+    assert per_run > bytes_per_run(model, 32, 32, cfg=False) > 0
+    assert bytes_per_run(model, 64, 64, cfg=True) > 3 * per_run  # 4x the pixels
+    assert runs_per_chunk(model, 32, 32, True, 3.5 * per_run) == 3
+    graph = Graph([Run("clean", PROMPT, steps=STEPS)])
+    for site in denoiser_sites(model)[:5]:
+        graph.add(Run(site, PROMPT, steps=STEPS, ops=[Restore(site, source="clean")]))
+    chunks = list(plan_chunks(graph, lambda run_: 3))
+    assert all("clean" in chunk and len(chunk) <= 3 for chunk in chunks)  # each carries its source
+    assert sorted({n for chunk in chunks for n in chunk}) == sorted(graph.runs)
+    budgeted = run(model, graph, memory_budget_gb=3.5 * per_run / 2**30, progress=False).images
+    assert set(budgeted) == set(graph.runs)
