@@ -108,10 +108,9 @@ def solve_closed_form(
     # float64 solve of the transposed system at a fraction of the cost when n << out or out << n.
     residual = v - k @ w.T  # (n, out)
     if len(k) <= out_dim:
-        update = residual.T @ torch.linalg.solve(lhs, k.T).T
+        solution = torch.addmm(w, residual.T, torch.linalg.solve(lhs, k.T).T)
     else:
-        update = torch.linalg.solve(lhs, k.T @ residual).T
-    solution = w + update
+        solution = w + torch.linalg.solve(lhs, k.T @ residual).T
     return solution.to(dtype=weight.dtype, device=weight.device)
 
 
