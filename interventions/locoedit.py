@@ -1,0 +1,140 @@
+"""LoCoEdit (Basu et al., ICML 2024): remove a concept by a closed-form update of the key and value
+projections (W_K, W_V) of the cross-attention layers LoCoGen localizes it to.
+
+Keys are the text encoder's output (the prompt embedding the cross-attention layers read) at the
+last subject token of the old concept in a few templates ("a painting in the style of van gogh");
+each key's value, per matrix, is the unedited matrix applied to the target prompt's embedding at
+its last subject token ("painting" in "a painting"). So after the edit the localized layers see
+"painting" where the prompt says "van gogh", and every other layer is untouched. W_K and W_V have
+separate lambdas, as in the paper (its code ignores lam_v). The edit is returned, not applied (see
+`interventions.edits.apply`); its parameter names are relative to the denoiser.
+
+    edit = locoedit.edit(model, ["van gogh", "monet"], "painting", layers=("cross-attn-8", "cross-attn-9"))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from interp.editing import Edit, _check_positive, solve_shared_keys
+from interp.errors import UnknownSiteError
+from interp.model import Model
+from interp.sites import Site
+from interventions.edits import pairs, template_prompts
+
+TEMPLATES = ("{}", "a painting in the style of {}", "a photo in the style of {}", "a picture in the style of {}")
+STYLE_WINDOW = ("cross-attn-8", "cross-attn-9")  # LoCoGen's style window in SD1.5 and SD2.1
+TARGET_PROMPT = "a {}"
+LAM = 0.01
+
+Layers = str | int | Sequence[str | int] | None
+
+
+def edit(
+    model: Model,
+    old: str | Sequence[str] = ("van gogh",),
+    new: str | Sequence[str] = "painting",
+    layers: Layers = None,
+    lam_k: float = LAM,
+    lam_v: float = LAM,
+    templates: Sequence[str] = TEMPLATES,
+    target_prompt: str = TARGET_PROMPT,
+) -> Edit:
+    """The LoCoEdit edit of W_K and W_V of `layers` mapping each `old` concept onto its `new` one.
+
+    `layers`: cross-attention site names or LoCoGen indices (`cross-attn-8` or 8), "all" for every
+    cross-attention layer, or None for LoCoGen's SD1.x style window `STYLE_WINDOW`. `new` is one
+    concept for all, or one per old concept; `target_prompt` holds it ("a {}" -> "a painting").
+    Raises `UnknownSiteError` for layers the model lacks, `SubjectNotFoundError` for a concept
+    missing from its prompt, `EditInputError` for a lambda <= 0; nothing is written in any case.
+    """
+    _check_positive("lam_k", lam_k)
+    _check_positive("lam_v", lam_v)
+    sites = cross_attention_layers(model, layers)
+    keys, targets = collect(model, old, new, templates, target_prompt)
+    denoiser = model.denoiser
+    k_names, v_names = ([f"{s.kv_paths[i]}.weight" for s in sites] for i in (0, 1))  # to_k, to_v
+    k_weights = {name: denoiser.get_parameter(name) for name in k_names}
+    v_weights = {name: denoiser.get_parameter(name) for name in v_names}
+    metadata = {
+        "method": "locoedit", "component": model.adapter.denoiser, "layers": [s.name for s in sites],
+        "lam_k": lam_k, "lam_v": lam_v, "concepts": [list(p) for p in pairs(old, new)],
+        "templates": list(templates), "target_prompt": target_prompt,
+    }
+    return Edit(solve(k_weights, v_weights, keys, targets, lam_k, lam_v), metadata)
+
+
+def solve(
+    k_weights: Mapping[str, Tensor], v_weights: Mapping[str, Tensor], keys: Tensor, targets: Tensor,
+    lam_k: float = LAM, lam_v: float = LAM,
+) -> dict[str, Tensor]:
+    """New key and value projections: each maps every key row to its own output on the matching
+    target row. One shared-keys float64 solve per lambda."""
+    solved = {}
+    for weights, lam in ((k_weights, lam_k), (v_weights, lam_v)):
+        values = {name: targets.to(w.dtype) @ w.detach().T for name, w in weights.items()}
+        solved.update(solve_shared_keys(weights, keys, values, lam))
+    return solved
+
+
+def collect(
+    model: Model,
+    old: str | Sequence[str],
+    new: str | Sequence[str],
+    templates: Sequence[str] = TEMPLATES,
+    target_prompt: str = TARGET_PROMPT,
+) -> tuple[Tensor, Tensor]:
+    """Keys (n, d): prompt embeddings at the last subject token of every old concept in every
+    template; targets (n, d): the matching new concept's embedding in `target_prompt`.
+
+    Subjects are located in every prompt first; all prompts share one text-encoder pass.
+    """
+    located = []
+    for old_concept, new_concept in pairs(old, new):
+        target = (target_prompt.format(new_concept), new_concept)
+        for prompt in template_prompts(templates, old_concept):
+            located.append(((prompt, old_concept), target))
+    unique = list(dict.fromkeys(p for row in located for p in row))
+    positions = [model.locate(prompt, subject).last for prompt, subject in unique]
+    with torch.no_grad():
+        ids = [model.token_ids([p for p, _ in unique], i) for i in range(len(model.tokenizers))]
+        embeddings = model.adapter.context(model.adapter.encode(model.pipe, ids))
+    states = embeddings[torch.arange(len(unique)), torch.tensor(positions)]
+    row = {pair: i for i, pair in enumerate(unique)}
+    keys = states[[row[key] for key, _ in located]]
+    targets = states[[row[target] for _, target in located]]
+    return keys, targets
+
+
+def cross_attention_layers(model: Model, layers: Layers = None) -> list[Site]:
+    """The cross-attention sites `layers` names, in the given order, without repeats."""
+    available = model.sites("cross-attn")
+    span = f"the model has {len(available)} cross-attention layers (cross-attn-0 .. cross-attn-{len(available) - 1})"
+    if layers is None:
+        if not all(name in model.site_map for name in STYLE_WINDOW):
+            raise UnknownSiteError(
+                f"the default window {', '.join(STYLE_WINDOW)} (LoCoGen's style window in SD1.x/2.x) does not "
+                f"exist: {span}; pass layers= (the window interventions.locogen finds) or layers='all'"
+            )
+        layers = STYLE_WINDOW
+    elif layers == "all":
+        return available
+    requested = [layers] if isinstance(layers, (str, int)) else list(layers)
+    if not requested:
+        raise UnknownSiteError(f"layers is empty; {span}")
+    sites = []
+    for layer in requested:
+        if isinstance(layer, int) and not 0 <= layer < len(available):
+            raise UnknownSiteError(f"cross-attention layer {layer} does not exist: {span}")
+        site = model.site(f"cross-attn-{layer}" if isinstance(layer, int) else layer)
+        if not site.kv_paths:
+            raise UnknownSiteError(
+                f"{layer!r} is a {site.kind} site, not a cross-attention layer; {span}, e.g. "
+                f"{', '.join(s.name for s in available[:4])}"
+            )
+        if site not in sites:
+            sites.append(site)
+    return sites

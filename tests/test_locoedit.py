@@ -1,0 +1,115 @@
+"""LoCoEdit on the random-weight dummy pipeline (4 cross-attention layers): what changes, keys
+mapped onto targets per matrix, separate lambdas, layer choice, reversibility, transfer, several
+concepts, and bad input (weights untouched)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import interp
+from interp.editing import Edit
+from interp.errors import EditInputError, EditMismatchError, SubjectNotFoundError, UnknownSiteError
+from interventions import edits, locoedit
+from models.testing import dummy_sd_pipeline
+from tests.test_diffquickfix import changed, snapshot
+
+WINDOW = ("cross-attn-2", "cross-attn-3")
+
+
+def kv_names(model: interp.Model, sites: tuple[str, ...]) -> set[str]:
+    return {f"{p}.weight" for s in sites for p in model.site(s).kv_paths}
+
+
+def residual(new: torch.Tensor, old: torch.Tensor, keys: torch.Tensor, targets: torch.Tensor) -> float:
+    wanted = targets @ old.detach().T
+    return float((keys @ new.detach().T - wanted).norm() / wanted.norm())
+
+
+def test_only_the_windows_key_and_value_projections_change(model) -> None:
+    before = snapshot(model)
+    edit = locoedit.edit(model, "van gogh", "painting", layers=WINDOW)
+    assert changed(model, before) == set()
+    assert set(edit.changed_parameters) == kv_names(model, WINDOW) and len(edit.changed_parameters) == 4
+    assert edit.metadata["component"] == "unet" and edit.metadata["layers"] == ["up-1-cross-attn-0", "up-1-cross-attn-1"]
+    with edits.applied(model, edit):
+        assert changed(model, before) == {f"unet.{n}" for n in kv_names(model, WINDOW)}
+    assert changed(model, before) == set()
+
+
+def test_keys_map_onto_each_matrixs_output_for_the_target(model) -> None:
+    keys, targets = locoedit.collect(model, "van gogh", "painting")
+    assert keys.shape == targets.shape == (4, 32)  # 4 templates
+    embedding = model.pipe.text_encoder(model.token_ids(["a painting"]))[0]
+    torch.testing.assert_close(targets[0], embedding[0, 2].detach())  # "painting" after BOS, "a"
+    edit = locoedit.edit(model, layers=WINDOW)
+    for name, new in edit.weights.items():
+        old = model.denoiser.get_parameter(name)
+        assert residual(old, old, keys, targets) > 0.3 and residual(new, old, keys, targets) < 0.01
+
+
+def test_lam_k_and_lam_v_act_on_their_own_matrices(model) -> None:
+    soft = locoedit.edit(model, layers=WINDOW, lam_k=0.01, lam_v=1e4).weights
+    default = locoedit.edit(model, layers=WINDOW).weights
+    for name in soft:
+        change = float((soft[name] - model.denoiser.get_parameter(name).detach()).norm())
+        if ".to_k." in name:
+            assert torch.equal(soft[name], default[name])
+        else:
+            assert change < 0.01 * float((default[name] - model.denoiser.get_parameter(name).detach()).norm())
+
+
+def test_layers_by_index_name_or_all(model) -> None:
+    by_name = locoedit.edit(model, layers=WINDOW).weights
+    by_index = locoedit.edit(model, layers=[2, 3, 3]).weights
+    assert by_name.keys() == by_index.keys() and all(torch.equal(by_name[n], by_index[n]) for n in by_name)
+    every = locoedit.edit(model, layers="all")
+    assert set(every.changed_parameters) == kv_names(model, tuple(s.name for s in model.sites("cross-attn")))
+    assert len(every.changed_parameters) == 8
+
+
+def test_two_concepts_in_one_edit(model) -> None:
+    edit = locoedit.edit(model, ["van gogh", "monet"], "painting", layers=WINDOW)
+    assert edit.metadata["concepts"] == [["van gogh", "painting"], ["monet", "painting"]]
+    for concept in ("van gogh", "monet"):
+        keys, targets = locoedit.collect(model, concept, "painting")
+        for name, new in edit.weights.items():
+            assert residual(new, model.denoiser.get_parameter(name), keys, targets) < 0.02
+
+
+def test_save_and_load_onto_a_second_copy_gives_identical_weights(model, tmp_path) -> None:
+    edit = locoedit.edit(model, layers=WINDOW)
+    copy = interp.load(dummy_sd_pipeline())
+    loaded = Edit.load(edit.save(tmp_path / "locoedit.safetensors"))
+    assert loaded.metadata == edit.metadata
+    with edits.applied(model, edit), edits.applied(copy, loaded):
+        assert snapshot(model).keys() == snapshot(copy).keys()
+        assert all(torch.equal(a, b) for a, b in zip(snapshot(model).values(), snapshot(copy).values()))
+
+
+def test_bad_input_is_a_clear_error_and_writes_nothing(model) -> None:
+    before = snapshot(model)
+    with pytest.raises(UnknownSiteError, match="cross-attn-8, cross-attn-9 .* has 4 cross-attention layers"):
+        locoedit.edit(model)  # the SD1.x default window is larger than this model
+    with pytest.raises(UnknownSiteError, match="layer 4 does not exist: the model has 4"):
+        locoedit.edit(model, layers=range(6))
+    with pytest.raises(UnknownSiteError, match="closest: .*up-1-cross-attn-0"):
+        locoedit.edit(model, layers=["up-1-cross-atn-0"])
+    with pytest.raises(UnknownSiteError, match="resnet site, not a cross-attention layer"):
+        locoedit.edit(model, layers=["mid-resnet-0"])
+    for lam in ("lam_k", "lam_v"):
+        with pytest.raises(EditInputError, match=f"{lam} must be"):
+            locoedit.edit(model, layers=WINDOW, **{lam: 0.0})
+    with pytest.raises(SubjectNotFoundError, match="van gogh"):
+        locoedit.edit(model, layers=WINDOW, templates=("a photo of a photo of a photo of a photo of a photo of {}",))
+    with pytest.raises(SubjectNotFoundError, match="painting"):
+        locoedit.edit(model, layers=WINDOW, target_prompt="a drawing")
+    assert changed(model, before) == set()
+
+
+def test_edit_for_another_architecture_is_refused_untouched(model) -> None:
+    wider = interp.load(dummy_sd_pipeline(width=48))
+    before = snapshot(wider)
+    with pytest.raises(EditMismatchError, match="another size"):
+        edits.apply(wider, locoedit.edit(model, layers="all"))
+    assert changed(wider, before) == set()
