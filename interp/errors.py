@@ -53,3 +53,11 @@ class BundledModelMissingError(InterpError, ImportError):
 
 class EditStateError(InterpError, RuntimeError):
     """An edit applied twice to the same module, or reverted where it was never applied."""
+
+
+class ResultFormatError(InterpError, ValueError):
+    """A result grid whose scores disagree with its axes, or a folder that holds no saved result."""
+
+
+class WindowSizeError(InterpError, ValueError):
+    """A LoCoGen window of fewer than one layer or more layers than the model's cross-attention has."""
