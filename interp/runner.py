@@ -266,7 +266,7 @@ def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool) -> 
             height=height, width=width, output_type="pt",
         )
         if first.cfg:
-            call_kwargs.update(adapter.uncond_kwargs(_encode(model, [""] * len(runs))))
+            call_kwargs.update(adapter.uncond_kwargs(pipe, lambda: _encode(model, [""] * len(runs))))
         swap_prompts = sorted({op.prompt for r in runs for op in r.ops if isinstance(op, Swap)})
         contexts = {p: adapter.context(_encode(model, [p])) for p in swap_prompts}
     hooks = _hook_points(model, graph, chunk, contexts)

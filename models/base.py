@@ -17,7 +17,7 @@ from interp.errors import UnsupportedModelError
 from interp.sites import Event, Site, SitePattern, forward_events, name_sites
 
 ADAPTERS: dict[str, type["Adapter"]] = {}
-FAMILY_MODULES = ("models.sd",)  # imported on first lookup; each registers its adapters
+FAMILY_MODULES = ("models.sd", "models.sdxl")  # imported on first lookup; each registers its adapters
 
 
 def register(*pipeline_classes: str) -> Callable[[type["Adapter"]], type["Adapter"]]:
@@ -95,8 +95,11 @@ class Adapter(ABC):
         """Pipeline kwargs of the conditional branch from token ids (one tensor per tokenizer)."""
 
     @abstractmethod
-    def uncond_kwargs(self, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Rename the kwargs of an encoding of the empty prompt to the pipeline's negative_* names."""
+    def uncond_kwargs(self, pipe: Any, encode_empty: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The pipeline's negative_* kwargs, as `pipe(prompt)` would compute them.
+
+        `encode_empty()` returns `encode`'s output for the empty prompt, one row per run.
+        """
 
     @abstractmethod
     def latent_shape(self, pipe: Any, height: int, width: int) -> tuple[int, int, int]:

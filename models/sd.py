@@ -90,7 +90,7 @@ class StableDiffusionAdapter(Adapter):
         self, component: str, twin: torch.nn.Module, latent_hw: tuple[int, int] | None = None
     ) -> Callable[[torch.nn.Module], object]:
         if component == self.denoiser:
-            return lambda unet: unet(*unet_meta_inputs(unet, latent_hw))
+            return lambda unet: unet_meta_call(unet, latent_hw)
         length = twin.config.max_position_embeddings
         return lambda text: text(torch.zeros(1, length, dtype=torch.long, device="meta"))
 
@@ -99,20 +99,28 @@ class StableDiffusionAdapter(Adapter):
         embeds = encoder(input_ids[0].to(encoder.device))[0]
         return {"prompt_embeds": embeds.to(dtype=encoder.dtype)}
 
-    def uncond_kwargs(self, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"negative_prompt_embeds": cond["prompt_embeds"]}
+    def uncond_kwargs(self, pipe: Any, encode_empty: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return {f"negative_{key}": value for key, value in encode_empty().items()}
 
     def latent_shape(self, pipe: Any, height: int, width: int) -> tuple[int, int, int]:
         scale = pipe.vae_scale_factor
         return pipe.unet.config.in_channels, height // scale, width // scale
 
 
-def unet_meta_inputs(
-    unet: torch.nn.Module, latent_hw: tuple[int, int] | None = None, tokens: int = 77
-) -> tuple[torch.Tensor, ...]:
-    """(sample, timestep, encoder_hidden_states) on the meta device; small spatially by default."""
-    side = 2 ** len(unet.config.down_block_types)
+def unet_meta_call(unet: torch.nn.Module, latent_hw: tuple[int, int] | None = None, tokens: int = 77) -> object:
+    """One forward of a `UNet2DConditionModel` on meta tensors; small spatially by default.
+
+    SDXL-style UNets (`addition_embed_type="text_time"`) also get pooled text embeds and time ids.
+    """
+    config = unet.config
+    side = 2 ** len(config.down_block_types)
     height, width = latent_hw or (side, side)
-    sample = torch.zeros(1, unet.config.in_channels, height, width, device="meta")
-    context = torch.zeros(1, tokens, unet.config.cross_attention_dim, device="meta")
-    return sample, torch.zeros((), device="meta"), context
+    meta = dict(device="meta")
+    sample = torch.zeros(1, config.in_channels, height, width, **meta)
+    context = torch.zeros(1, tokens, config.cross_attention_dim, **meta)
+    added = None
+    if config.addition_embed_type == "text_time":
+        time_ids = 6
+        pooled = config.projection_class_embeddings_input_dim - time_ids * config.addition_time_embed_dim
+        added = {"text_embeds": torch.zeros(1, pooled, **meta), "time_ids": torch.zeros(1, time_ids, **meta)}
+    return unet(sample, torch.zeros((), **meta), context, added_cond_kwargs=added)

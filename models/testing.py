@@ -7,8 +7,10 @@ config, the tokenizer from a local vocabulary, so tests and adapter authors neve
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import (
+    AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from models.vocab import EOS, build_clip_tokenizer
 
@@ -18,72 +20,82 @@ DUMMY_WORDS = (
 ).split()
 
 
-def dummy_sd_pipeline(
-    seed: int = 0,
-    text_layers: int = 2,
-    pad_token: str = EOS,
-    max_length: int = 16,
-    width: int = 32,
-) -> StableDiffusionPipeline:
-    """A random-weight SD1.x-shaped pipeline: 2 down / mid / 2 up blocks, every site kind present.
+def dummy_tokenizer(max_length: int = 16, pad_token: str = EOS) -> CLIPTokenizer:
+    return build_clip_tokenizer(list(DUMMY_WORDS), max_length=max_length, pad_token=pad_token)
 
-    The UNet has 5 cross-attention layers in forward order (2 down, 1 mid, 2 up... per its blocks),
-    32 px latents are 8x8 after the 4x VAE. `pad_token="!"` gives SD2.x's pad id 0.
+
+def dummy_text_encoder(
+    tokenizer: CLIPTokenizer, width: int, layers: int, projection: bool = False
+) -> CLIPTextModel | CLIPTextModelWithProjection:
+    """A random CLIP text tower sized for `tokenizer` (SDXL's second encoder has a projection)."""
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=width * 2, num_hidden_layers=layers,
+        num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length, projection_dim=width,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
+
+
+def dummy_vae() -> AutoencoderKL:
+    """A 2x-downsampling VAE: 16 px images, 8x8 latents."""
+    return AutoencoderKL(
+        block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
+    ).eval()
+
+
+def dummy_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1)
+
+
+def dummy_sd_pipeline(
+    seed: int = 0, text_layers: int = 2, pad_token: str = EOS, max_length: int = 16, width: int = 32
+) -> StableDiffusionPipeline:
+    """A random-weight SD1.x-shaped pipeline with every site kind.
+
+    UNet: a cross-attention down block, a plain down block, the mid block, a plain and a
+    cross-attention up block: 20 sites, 4 cross-attention layers (1 down, 1 mid, 2 up).
+    `pad_token="!"` gives SD2.x's pad id 0.
     """
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(width, width * 2),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=width,
-        attention_head_dim=8,
-        norm_num_groups=8,
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(width, width * 2), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=width, attention_head_dim=8, norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-    )
-    tokenizer = build_clip_tokenizer(list(DUMMY_WORDS), max_length=max_length, pad_token=pad_token)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=width,
-            intermediate_size=width * 2,
-            num_hidden_layers=text_layers,
-            num_attention_heads=4,
-            max_position_embeddings=max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    tokenizer = dummy_tokenizer(max_length, pad_token)
     pipe = StableDiffusionPipeline(
-        unet=unet.eval(),
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
+        unet=unet.eval(), vae=dummy_vae(), text_encoder=dummy_text_encoder(tokenizer, width, text_layers),
+        tokenizer=tokenizer, scheduler=dummy_scheduler(), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def dummy_sdxl_pipeline(seed: int = 0, max_length: int = 16, width: int = 32) -> StableDiffusionXLPipeline:
+    """A random-weight SDXL-shaped pipeline (diffusers' own SDXL test components, our tokenizers).
+
+    Two text encoders (the second with a projection), a UNet with text-time added conditions and
+    two transformer blocks per attention in its cross-attention blocks.
+    """
+    torch.manual_seed(seed)
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * time_dim + width, cross_attention_dim=2 * width, norm_num_groups=8,
+    )
+    tokenizer, tokenizer_2 = dummy_tokenizer(max_length), dummy_tokenizer(max_length, pad_token="!")
+    pipe = StableDiffusionXLPipeline(
+        vae=dummy_vae(), unet=unet.eval(), scheduler=dummy_scheduler(),
+        text_encoder=dummy_text_encoder(tokenizer, width, 2), tokenizer=tokenizer,
+        text_encoder_2=dummy_text_encoder(tokenizer_2, width, 3, projection=True), tokenizer_2=tokenizer_2,
+        force_zeros_for_empty_prompt=True, add_watermarker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -1,0 +1,53 @@
+"""SDXL adapter: full-size site layout on the meta device, exactness of a reduced model."""
+
+import torch
+from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+import interp
+from interp.graph import Graph, Noise, Restore, Run, Swap
+from interp.runner import run
+from models.testing import dummy_sdxl_pipeline, dummy_tokenizer
+from tests.configs import SD15_TEXT, SDXL_TEXT_G, SDXL_UNET
+from tests.conftest import PROMPT
+
+
+def test_sdxl_full_size_sites_on_meta():
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(SDXL_UNET)
+        text = CLIPTextModel(CLIPTextConfig(**SD15_TEXT))
+        text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_G))
+    pipe = StableDiffusionXLPipeline(vae=None, text_encoder=text, text_encoder_2=text_2, tokenizer=dummy_tokenizer(),
+                                     tokenizer_2=dummy_tokenizer(pad_token="!"), unet=unet, scheduler=None,
+                                     add_watermarker=False)
+    model = interp.load(pipe)
+    cross = model.sites("cross-attn")
+    assert len(cross) == 70
+    assert [s.block for s in cross] == ["down"] * 24 + ["mid"] * 10 + ["up"] * 36
+    assert cross[24].name == "mid-cross-attn.0" and model.site("cross-attn-24") is cross[24]
+    assert cross[45].path == "up_blocks.0.attentions.1.transformer_blocks.1.attn2"  # LoCoGen's SDXL style layer
+    assert len(model.sites("text-hidden", component="text_encoder")) == 12
+    assert len(model.sites("text-hidden", component="text_encoder_2")) == 32
+    assert model.site("text2-self-attn-31").path == "text_model.encoder.layers.31.self_attn"
+
+
+def test_sdxl_no_operations_reproduce_the_pipeline_and_restore_everything():
+    pipe = dummy_sdxl_pipeline()
+    model = interp.load(pipe)
+    span = model.locate(PROMPT, "van gogh")
+    noise = [Noise("text-embed", tokens=span.positions, std=3.0), Noise("text2-embed", tokens=span.positions, std=3.0)]
+    alone = run(model, Graph([Run("clean", PROMPT, seed=1, steps=2, guidance_scale=5.0)]), progress=False).images
+    graph = Graph([Run("clean", PROMPT, seed=1, steps=2, guidance_scale=5.0)])
+    graph.add(Run("corrupted", PROMPT, seed=1, steps=2, guidance_scale=5.0, ops=noise))
+    graph.add(Run("restored", PROMPT, seed=1, steps=2, guidance_scale=5.0,
+                  ops=[*noise, *(Restore(s.name, source="clean") for s in model.sites())]))
+    graph.add(Run("swapped", PROMPT, seed=1, steps=2, guidance_scale=5.0, ops=[Swap(["cross-attn-4"], "a painting")]))
+    images = run(model, graph, progress=False).images
+    with torch.no_grad():
+        plain = pipe(PROMPT, num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(1),
+                     output_type="pt").images[0]
+    assert torch.equal(alone["clean"], plain)
+    clean = images["clean"]
+    assert (images["corrupted"] - clean).abs().max() > 1e-3
+    assert (images["restored"] - clean).abs().max() <= 1e-5
+    assert (images["swapped"] - clean).abs().max() > 1e-4
