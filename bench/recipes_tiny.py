@@ -65,7 +65,8 @@ def trace_tables(model: Model, scorer: CLIPScore | None, steps: int, seeds: Sequ
         nie = dict(zip(unet.coords["site"], unet.normalized_ie))
         for (site,), ie, std in unet.top(top):
             print(f"{site:<22}{ie:>9.4f}{std:>8.4f}{nie[site]:>9.2f}")
-        print(f"-- text encoder, {pairs[0][0]!r}; clean {text.mean('clean'):.4f}, corrupted {text.mean('corrupted'):.4f}")
+        print(f"-- text encoder, {pairs[0][0]!r}; clean {text.mean('clean'):.4f}, "
+              f"corrupted {text.mean('corrupted'):.4f}")
         print(f"{'text state':<22}{'token':<12}{'IE':>9}{'+-':>8}{'norm IE':>9}")
         total = text.total_effect
         for (site, token), ie, std in text.top(top):

@@ -128,7 +128,9 @@ class ScoreGrid:
             raise ResultFormatError(f"{path} does not exist; pass the folder given to result.save()")
         document = json.loads(path.read_text())
         if document.get("format") != FORMAT:
-            raise ResultFormatError(f"{path} is not a saved result (format {document.get('format')!r}, expected {FORMAT!r})")
+            raise ResultFormatError(
+                f"{path} is not a saved result (format {document.get('format')!r}, expected {FORMAT!r})"
+            )
         if document["type"] != cls.__name__:
             raise ResultFormatError(f"{path} holds a {document['type']}; load it with {document['type']}.load")
         images = {
@@ -142,7 +144,8 @@ class ScoreGrid:
         if type(other) is not type(self):
             return NotImplemented
         return (
-            (self.axes, self.coords, self.units, self.settings) == (other.axes, other.coords, other.units, other.settings)
+            (self.axes, self.coords, self.units, self.settings)
+            == (other.axes, other.coords, other.units, other.settings)
             and self.scores.keys() == other.scores.keys()
             and all(np.array_equal(v, other.scores[k], equal_nan=True) for k, v in self.scores.items())
             and list(self.images) == list(other.images)

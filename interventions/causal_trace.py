@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
-import torch
 
 from interp.graph import Branch, Graph, Noise, Restore, Run
 from interp.model import Model, SubjectSpan

@@ -133,8 +133,9 @@ def localize(
     def sweep(m: int, with_baseline: bool) -> tuple[dict[str, float], dict]:
         graph, run_texts = Graph(), {}
         for u, ((prompt, target, seed), text) in enumerate(zip(units, texts)):
-            runs = [(f"u{u}/w{start}", [Swap(tuple(layers[start : start + m]), target)]) for start in window_starts(len(layers), m)]
-            for name, ops in ([(f"u{u}/baseline", [])] if with_baseline else []) + runs:
+            runs = [(f"u{u}/baseline", [])] if with_baseline else []
+            runs += [(f"u{u}/w{s}", [Swap(tuple(layers[s : s + m]), target)]) for s in window_starts(len(layers), m)]
+            for name, ops in runs:
                 graph.add(Run(name, prompt, seed, guidance_scale, steps, ops=ops))
                 run_texts[name] = text
         return run_and_score(model, graph, run_texts, scorer, chunk_size, progress)
