@@ -4,10 +4,12 @@ Measured in one run:
 (a) solve + apply (+ revert) of `interp.editing` on DiffQuickFix's shape (the 768x768 `out_proj` of
     a CLIP ViT-L/14 text-encoder layer, keys from 4 templates x ~70 positions) and LoCoEdit's
     (SD1.5 cross-attention `to_k`/`to_v`, 768 in), for 1 and for 100 concepts in one edit;
-(b) key/value collection through a full-size random CLIPTextModel, by stand-in functions marked
-    STAND-IN that the recipes in `interventions/` replace;
-(c) per-edit totals (collection + solve + apply) against the targets: DiffQuickFix < 0.5 s,
-    LoCoEdit < 1 s, and 100 concepts in one edit < 3x one.
+(b) key/value collection through a full-size random CLIPTextModel by the recipes' own functions
+    (`interventions.diffquickfix.collect_pairs`, `interventions.locoedit.collect`);
+(c) per-edit totals (collection + solve + apply) against the targets: DiffQuickFix < 0.5 s
+    (`interventions.diffquickfix.edit` end to end), LoCoEdit < 1 s (its collection and solve, on
+    stand-in SD1.5-shaped to_k/to_v weights), and 100 concepts in one edit < 3x one (solve + apply;
+    collection grows with the number of prompts).
 Run from the repository root: ``python -m bench.edit_speed [--threads N]``. On a machine whose
 cores are busy with other work, 2 OpenMP threads can be 10x slower than 1, so use ``--threads 1``
 there and read the CPU-time column; the load average is printed so the numbers can be read against it.
@@ -24,17 +26,22 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from interp.editing import Edit, solve_closed_form, solve_shared_keys
+import interp
+from interp.editing import Edit, solve_closed_form
+from interp.model import Model
+from interventions import diffquickfix, edits, locoedit
+from models.testing import dummy_sd_pipeline
 from models.vocab import build_clip_tokenizer
 
 LAM = 0.01
 TEXT_DIM = 768
 OLD, NEW = "van gogh", "painting"
-DIFFQUICKFIX_TEMPLATES = ("{}", "a photo of {}", "an image of {}", "a picture of {}")
-LOCOEDIT_TEMPLATES = ("{}", "a painting in the style of {}", "a photo in the style of {}", "a picture in the style of {}")
-LOCOEDIT_TARGET = "a painting"
+DIFFQUICKFIX_TEMPLATES = diffquickfix.TEMPLATES
+LOCOEDIT_TEMPLATES = locoedit.TEMPLATES
+LOCOEDIT_TARGET = locoedit.TARGET_PROMPT  # "a {}": "a painting"
 KEYS_PER_PROMPT = 70  # DiffQuickFix: the last subject token and every later position, of 77
 OUT_PROJ_LAYER = 0
 OUT_PROJ = f"encoder.layers.{OUT_PROJ_LAYER}.self_attn.out_proj.weight"
@@ -100,6 +107,29 @@ def cross_attention_stub(layers: tuple[int, ...]) -> nn.Module:
     return root.requires_grad_(False)
 
 
+def vit_l14_model(tokenizer: CLIPTokenizer) -> Model:
+    """A `Model` of an SD pipeline whose text encoder is the full-size ViT-L/14 one, so the recipes'
+    own collection runs at full size; its UNet is a small one with 768-d cross-attention (sites
+    resolve; LoCoEdit's solve uses the SD1.5-shaped stub's weights instead)."""
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=TEXT_DIM,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=8, norm_num_groups=8,
+    )
+    small = dummy_sd_pipeline()
+    pipe = StableDiffusionPipeline(
+        unet=unet.eval(), vae=small.vae, text_encoder=vit_l14_text_encoder(tokenizer), tokenizer=tokenizer,
+        scheduler=small.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    return interp.load(pipe)
+
+
+def kv_weights(stub: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The stub's to_k and to_v weights by name."""
+    weights = dict(stub.named_parameters())
+    return ({n: w for n, w in weights.items() if f".{p}." in n} for p in ("to_k", "to_v"))
+
+
 def edit_round_trip(module: nn.Module, weights: dict[str, Tensor]) -> None:
     """Apply the solved weights as an edit, then revert it so the next repeat starts from the same
     weights (revert is a copy; it is a small part of the time)."""
@@ -108,86 +138,30 @@ def edit_round_trip(module: nn.Module, weights: dict[str, Tensor]) -> None:
     edit.revert(module)
 
 
-def diffquickfix_edit(text_encoder: CLIPTextModel, keys: Tensor, values: Tensor) -> None:
-    """Solve and apply DiffQuickFix's out_proj update."""
+def diffquickfix_solve(model: Model, keys: Tensor, values: Tensor) -> None:
+    """Solve and apply DiffQuickFix's out_proj update for given keys and values."""
+    text_encoder = model.pipe.text_encoder
     weight = text_encoder.get_parameter(OUT_PROJ)
     edit_round_trip(text_encoder, {OUT_PROJ: solve_closed_form(weight, keys, values, LAM)})
 
 
-def locoedit_edit(stub: nn.Module, keys: Tensor, target: Tensor) -> None:
-    """Solve and apply LoCoEdit's update of every to_k/to_v in `stub` in one shared-keys solve:
-    every key maps to W_old applied to the target embedding."""
-    weights = dict(stub.named_parameters())
-    values = {name: (target @ w.T).expand(len(keys), -1) for name, w in weights.items()}
-    edit_round_trip(stub, solve_shared_keys(weights, keys, values, LAM))
-
-
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass once the activation it needs is captured."""
-
-
-def collect_out_proj_io(
-    text_encoder: CLIPTextModel, input_ids: Tensor, layer: int, stop_early: bool
-) -> tuple[Tensor, Tensor]:
-    """STAND-IN for the recipes' capture: input and output of text layer `layer`'s self-attention
-    out_proj at every position; with `stop_early`, the forward pass ends at that layer."""
-    captured: dict[str, Tensor] = {}
-
-    def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
-        captured["input"], captured["output"] = args[0].detach(), output.detach()
-        if stop_early:
-            raise _StopForward
-
-    handle = text_encoder.get_submodule(f"encoder.layers.{layer}.self_attn.out_proj").register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            text_encoder(input_ids=input_ids)
-    except _StopForward:
+def diffquickfix_whole(model: Model) -> None:
+    """The recipe end to end: collection, solve, apply (and revert)."""
+    edit = diffquickfix.edit(model, OLD, NEW, OUT_PROJ_LAYER, LAM, DIFFQUICKFIX_TEMPLATES)
+    with edits.applied(model, edit):
         pass
-    finally:
-        handle.remove()
-    return captured["input"], captured["output"]
 
 
-def last_subject_positions(tokenizer: CLIPTokenizer, prompts: list[str]) -> list[int]:
-    """Position of each prompt's last subject token; in these templates the subject ends the prompt,
-    just before EOS (the recipes locate it through the model's subject finder instead)."""
-    return [len(tokenizer(p)["input_ids"]) - 2 for p in prompts]
+def locoedit_solve(stub: nn.Module, keys: Tensor, targets: Tensor) -> None:
+    """Solve and apply LoCoEdit's update of every to_k/to_v in `stub` (one shared-keys solve per
+    lambda): every key maps to W_old applied to its target embedding."""
+    edit_round_trip(stub, locoedit.solve(*kv_weights(stub), keys, targets, LAM, LAM))
 
 
-def collect_diffquickfix_pairs(
-    text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, stop_early: bool = True
-) -> tuple[Tensor, Tensor]:
-    """STAND-IN for interventions.diffquickfix's key/value collection: keys are out_proj inputs of the
-    old prompts from the last subject token on, values the out_proj outputs of the new prompts from
-    theirs, the longer list cut; old and new prompts share one batched forward pass."""
-    old = [t.format(OLD) for t in DIFFQUICKFIX_TEMPLATES]
-    new = [t.format(NEW) for t in DIFFQUICKFIX_TEMPLATES]
-    ids = tokenizer(old + new, padding="max_length", return_tensors="pt")["input_ids"]
-    inputs, outputs = collect_out_proj_io(text_encoder, ids, OUT_PROJ_LAYER, stop_early)
-    keys, values = [], []
-    starts = last_subject_positions(tokenizer, old + new)
-    for i in range(len(old)):
-        k, v = inputs[i, starts[i] :], outputs[len(old) + i, starts[len(old) + i] :]
-        n = min(len(k), len(v))
-        keys.append(k[:n])
-        values.append(v[:n])
-    return torch.cat(keys), torch.cat(values)
-
-
-def collect_locoedit_embeddings(
-    text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, padding: str
-) -> tuple[Tensor, Tensor]:
-    """STAND-IN for interventions.locoedit's collection: text-encoder outputs at the last subject token
-    of the old prompts (keys) and at the last token of the target prompt. The causal mask makes
-    `padding="longest"` give the same states as SD's padding to 77."""
-    prompts = [t.format(OLD) for t in LOCOEDIT_TEMPLATES] + [LOCOEDIT_TARGET]
-    ids = tokenizer(prompts, padding=padding, return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        hidden = text_encoder(input_ids=ids).last_hidden_state
-    rows = torch.arange(len(prompts))
-    states = hidden[rows, torch.tensor(last_subject_positions(tokenizer, prompts))]
-    return states[:-1], states[-1:]
+def locoedit_whole(model: Model, stub: nn.Module) -> None:
+    """The recipe's collection through the full-size text encoder, then solve and apply on `stub`."""
+    keys, targets = locoedit.collect(model, OLD, NEW, LOCOEDIT_TEMPLATES, LOCOEDIT_TARGET)
+    locoedit_solve(stub, keys, targets)
 
 
 def main() -> None:
@@ -203,18 +177,17 @@ def main() -> None:
     words = {w for t in (*DIFFQUICKFIX_TEMPLATES, *LOCOEDIT_TEMPLATES) for w in t.format(f"{OLD} {NEW}").split()}
     tokenizer = build_clip_tokenizer(sorted(words), max_length=77)
     start = time.perf_counter()
-    text_encoder = vit_l14_text_encoder(tokenizer)
+    model = vit_l14_model(tokenizer)
+    model.sites()  # the one-off meta pass that orders sites, outside the timings
     print(f"built ViT-L/14 text encoder (random weights) in {time.perf_counter() - start:.1f} s")
     window, all_layers = cross_attention_stub(LOCOGEN_WINDOW), cross_attention_stub(tuple(range(16)))
     g = torch.Generator().manual_seed(0)
 
-    # (b) key/value collection through the full-size text encoder.
-    keys, values = collect_diffquickfix_pairs(text_encoder, tokenizer)
+    # (b) key/value collection through the full-size text encoder, by the recipes' own functions.
+    keys, values = diffquickfix.collect_pairs(model, OLD, NEW, OUT_PROJ_LAYER, DIFFQUICKFIX_TEMPLATES)
     t = {
-        "dqf_collect_full": timed(lambda: collect_diffquickfix_pairs(text_encoder, tokenizer, stop_early=False)),
-        "dqf_collect_stop": timed(lambda: collect_diffquickfix_pairs(text_encoder, tokenizer, stop_early=True)),
-        "loco_collect_77": timed(lambda: collect_locoedit_embeddings(text_encoder, tokenizer, "max_length")),
-        "loco_collect_longest": timed(lambda: collect_locoedit_embeddings(text_encoder, tokenizer, "longest")),
+        "dqf_collect": timed(lambda: diffquickfix.collect_pairs(model, OLD, NEW, OUT_PROJ_LAYER, DIFFQUICKFIX_TEMPLATES)),
+        "loco_collect": timed(lambda: locoedit.collect(model, OLD, NEW, LOCOEDIT_TEMPLATES, LOCOEDIT_TARGET)),
     }
     print(f"\nDiffQuickFix keys for one concept: {tuple(keys.shape)} (4 templates x positions after the subject)")
 
@@ -222,17 +195,15 @@ def main() -> None:
     for concepts in (1, 100):
         n_dqf = concepts * len(keys)
         k_dqf, v_dqf = torch.randn(n_dqf, TEXT_DIM, generator=g), torch.randn(n_dqf, TEXT_DIM, generator=g)
-        t[f"dqf_solve_{concepts}"] = timed(lambda: diffquickfix_edit(text_encoder, k_dqf, v_dqf))
-        k_loco = torch.randn(concepts * len(LOCOEDIT_TEMPLATES), TEXT_DIM, generator=g)
-        target = torch.randn(1, TEXT_DIM, generator=g)
+        t[f"dqf_solve_{concepts}"] = timed(lambda: diffquickfix_solve(model, k_dqf, v_dqf))
+        n_loco = concepts * len(LOCOEDIT_TEMPLATES)
+        k_loco, targets = torch.randn(n_loco, TEXT_DIM, generator=g), torch.randn(n_loco, TEXT_DIM, generator=g)
         for label, stub in (("loco", window), ("loco16", all_layers)):
-            t[f"{label}_solve_{concepts}"] = timed(lambda: locoedit_edit(stub, k_loco, target))
+            t[f"{label}_solve_{concepts}"] = timed(lambda: locoedit_solve(stub, k_loco, targets))
 
     # (c) whole edits for one concept: collection + solve + apply.
-    t["dqf_total"] = timed(lambda: diffquickfix_edit(text_encoder, *collect_diffquickfix_pairs(text_encoder, tokenizer)))
-    t["loco_total"] = timed(
-        lambda: locoedit_edit(window, *collect_locoedit_embeddings(text_encoder, tokenizer, "longest"))
-    )
+    t["dqf_total"] = timed(lambda: diffquickfix_whole(model))
+    t["loco_total"] = timed(lambda: locoedit_whole(model, window))
     report(t, len(keys))
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
@@ -240,18 +211,16 @@ def main() -> None:
 def report(t: dict[str, Timing], keys_per_concept: int) -> None:
     """Print the times, the ratios and the targets, by wall clock and by CPU time."""
     rows = [
-        ("key/value collection, DiffQuickFix, 8 prompts x 77, full 12-layer forward", "dqf_collect_full"),
-        ("key/value collection, DiffQuickFix, 8 prompts x 77, forward stopped at layer 0", "dqf_collect_stop"),
-        ("key collection, LoCoEdit, 5 prompts padded to 77", "loco_collect_77"),
-        ("key collection, LoCoEdit, 5 prompts padded to longest", "loco_collect_longest"),
+        ("key/value collection, DiffQuickFix, 8 prompts x 77, forward stopped at layer 0", "dqf_collect"),
+        ("key/target collection, LoCoEdit, 5 prompts, 12 layers, up to the last subject token", "loco_collect"),
         (f"solve+apply+revert, DiffQuickFix 768x768, 1 concept ({keys_per_concept} keys)", "dqf_solve_1"),
         (f"solve+apply+revert, DiffQuickFix 768x768, 100 concepts ({100 * keys_per_concept} keys)", "dqf_solve_100"),
         ("solve+apply+revert, LoCoEdit layers 8-9 (4 x 1280x768), 1 concept (4 keys)", "loco_solve_1"),
         ("solve+apply+revert, LoCoEdit layers 8-9 (4 x 1280x768), 100 concepts (400 keys)", "loco_solve_100"),
         ("solve+apply+revert, all 16 cross-attn layers (32 matrices), 1 concept", "loco16_solve_1"),
         ("solve+apply+revert, all 16 cross-attn layers (32 matrices), 100 concepts", "loco16_solve_100"),
-        ("whole edit, DiffQuickFix, 1 concept (collection stopped at layer 0)", "dqf_total"),
-        ("whole edit, LoCoEdit layers 8-9, 1 concept (padding to longest)", "loco_total"),
+        ("whole edit, DiffQuickFix (interventions.diffquickfix.edit + apply/revert), 1 concept", "dqf_total"),
+        ("whole edit, LoCoEdit layers 8-9 (collect + solve + apply/revert), 1 concept", "loco_total"),
     ]
     width = max(len(label) for label, _ in rows)
     print(f"  {'':<{width}}  {'wall ms':>9}  {'cpu ms':>9}")
@@ -264,7 +233,6 @@ def report(t: dict[str, Timing], keys_per_concept: int) -> None:
     print("\nsolve+apply, 100 concepts in one edit / 1 concept (target < 3x):")
     for label, key in (("DiffQuickFix", "dqf"), ("LoCoEdit 8-9", "loco"), ("LoCoEdit all 16", "loco16")):
         print(f"  {label:<16} {ratio(f'{key}_solve_100', f'{key}_solve_1')}")
-    print(f"early stop at layer 0 speeds DiffQuickFix collection: {ratio('dqf_collect_full', 'dqf_collect_stop')}")
     print("\ntargets (one concept, whole edit):")
     for label, key, target in (("DiffQuickFix", "dqf_total", 0.5), ("LoCoEdit", "loco_total", 1.0)):
         verdict = "met" if max(t[key]) < target else "met by cpu time only" if t[key].cpu < target else "MISSED"
