@@ -90,7 +90,8 @@ def collect(
     """Keys (n, d): prompt embeddings at the last subject token of every old concept in every
     template; targets (n, d): the matching new concept's embedding in `target_prompt`.
 
-    Subjects are located in every prompt first; all prompts share one text-encoder pass.
+    Subjects are located in every prompt first; all prompts share one text-encoder pass, which for
+    a causal (CLIP) encoder stops at the last subject token instead of running the padding.
     """
     located = []
     for old_concept, new_concept in pairs(old, new):
@@ -99,14 +100,22 @@ def collect(
             located.append(((prompt, old_concept), target))
     unique = list(dict.fromkeys(p for row in located for p in row))
     positions = [model.locate(prompt, subject).last for prompt, subject in unique]
+    ids = [model.token_ids([p for p, _ in unique], i) for i in range(len(model.tokenizers))]
+    if _causal(model):  # states up to the subject do not depend on later tokens: skip the padding
+        ids = [i[:, : max(positions) + 1] for i in ids]
     with torch.no_grad():
-        ids = [model.token_ids([p for p, _ in unique], i) for i in range(len(model.tokenizers))]
         embeddings = model.adapter.context(model.adapter.encode(model.pipe, ids))
     states = embeddings[torch.arange(len(unique)), torch.tensor(positions)]
     row = {pair: i for i, pair in enumerate(unique)}
     keys = states[[row[key] for key, _ in located]]
     targets = states[[row[target] for _, target in located]]
     return keys, targets
+
+
+def _causal(model: Model) -> bool:
+    """Whether every text encoder is a CLIP text tower, whose causal mask makes a token's state
+    independent of the tokens after it (T5, DeepFloyd's encoder, is bidirectional)."""
+    return all(getattr(e.config, "model_type", None) == "clip_text_model" for e in model.text_encoders)
 
 
 def cross_attention_layers(model: Model, layers: Layers = None) -> list[Site]:
