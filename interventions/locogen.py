@@ -129,12 +129,14 @@ def localize(
     units = [(p, t, int(s)) for p, t in zip(prompts, targets) for s in seeds]
     texts = [attribute or (p if mode == "lowest" else t) for p, t, _ in units]
     scorer = default_scorer(scorer)
+    branch = "cond" if guidance_scale > 1 else "both"  # without guidance the cond branch is all there is
 
     def sweep(m: int, with_baseline: bool) -> tuple[dict[str, float], dict]:
         graph, run_texts = Graph(), {}
+        windows = [tuple(layers[s : s + m]) for s in window_starts(len(layers), m)]
         for u, ((prompt, target, seed), text) in enumerate(zip(units, texts)):
             runs = [(f"u{u}/baseline", [])] if with_baseline else []
-            runs += [(f"u{u}/w{s}", [Swap(tuple(layers[s : s + m]), target)]) for s in window_starts(len(layers), m)]
+            runs += [(f"u{u}/w{s}", [Swap(sites, target, branch=branch)]) for s, sites in enumerate(windows)]
             for name, ops in runs:
                 graph.add(Run(name, prompt, seed, guidance_scale, steps, ops=ops))
                 run_texts[name] = text

@@ -55,6 +55,11 @@ def test_highest_mode_scores_against_the_target(model, scorer):
     assert facts.best_start == int(np.argmax(facts.curve)) and facts.coords["window start"] == [0, 1]
 
 
+def test_without_guidance_the_swap_acts_on_the_only_branch(model, scorer):
+    plain = localize(model, PROMPTS[:1], window=4, guidance_scale=1.0, scorer=scorer, **FAST)
+    assert plain.scores["window"].shape == (2, 1)
+
+
 def test_window_larger_than_the_layer_count_is_a_clear_error(model, scorer):
     with pytest.raises(WindowSizeError, match="window=5 does not fit: the model has 4 cross-attention layers"):
         localize(model, PROMPTS, window=5, scorer=scorer, **FAST)
