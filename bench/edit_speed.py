@@ -184,9 +184,12 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
 
     # (b) key/value collection through the full-size text encoder, by the recipes' own functions.
-    keys, values = diffquickfix.collect_pairs(model, OLD, NEW, OUT_PROJ_LAYER, DIFFQUICKFIX_TEMPLATES)
+    def dqf_collect() -> tuple[Tensor, Tensor]:
+        return diffquickfix.collect_pairs(model, OLD, NEW, OUT_PROJ_LAYER, DIFFQUICKFIX_TEMPLATES)
+
+    keys, values = dqf_collect()
     t = {
-        "dqf_collect": timed(lambda: diffquickfix.collect_pairs(model, OLD, NEW, OUT_PROJ_LAYER, DIFFQUICKFIX_TEMPLATES)),
+        "dqf_collect": timed(dqf_collect),
         "loco_collect": timed(lambda: locoedit.collect(model, OLD, NEW, LOCOEDIT_TEMPLATES, LOCOEDIT_TARGET)),
     }
     print(f"\nDiffQuickFix keys for one concept: {tuple(keys.shape)} (4 templates x positions after the subject)")

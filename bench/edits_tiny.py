@@ -113,6 +113,7 @@ def main() -> None:
     else:
         print("LoCoEdit 'van gogh' -> 'painting', window sweep (m = 2), van gogh prompts:")
         window = best_window(model, one, scenes, seeds, args.steps)
+    label = window_label(model, window)
     conditions: list[tuple[str, Edit | None]] = [("unedited", None)]
     for concepts in (one, two):
         name = " + ".join(concepts)
@@ -121,7 +122,7 @@ def main() -> None:
             for layer in range(text_layers)
         ]
         conditions += [
-            (f"LoCoEdit {name}, {window_label(model, window)}", locoedit.edit(model, concepts, "painting", layers=window)),
+            (f"LoCoEdit {name}, {label}", locoedit.edit(model, concepts, "painting", layers=window)),
             (f"LoCoEdit {name}, all cross-attn", locoedit.edit(model, concepts, "painting", layers="all")),
         ]
 

@@ -85,7 +85,8 @@ def collect_pairs(
     component, path = out_proj(model, layer)
     olds, news = [], []
     for old_concept, new_concept in pairs(old, new):
-        for old_prompt, new_prompt in zip(template_prompts(templates, old_concept), template_prompts(templates, new_concept)):
+        old_prompts, new_prompts = template_prompts(templates, old_concept), template_prompts(templates, new_concept)
+        for old_prompt, new_prompt in zip(old_prompts, new_prompts):
             olds.append((old_prompt, model.locate(old_prompt, old_concept).last))
             news.append((new_prompt, model.locate(new_prompt, new_concept).last))
     inputs = _inputs(model, component, path, [p for p, _ in olds + news])

@@ -31,7 +31,8 @@ def test_only_the_windows_key_and_value_projections_change(model) -> None:
     edit = locoedit.edit(model, "van gogh", "painting", layers=WINDOW)
     assert changed(model, before) == set()
     assert set(edit.changed_parameters) == kv_names(model, WINDOW) and len(edit.changed_parameters) == 4
-    assert edit.metadata["component"] == "unet" and edit.metadata["layers"] == ["up-1-cross-attn-0", "up-1-cross-attn-1"]
+    assert edit.metadata["component"] == "unet"
+    assert edit.metadata["layers"] == ["up-1-cross-attn-0", "up-1-cross-attn-1"]
     with edits.applied(model, edit):
         assert changed(model, before) == {f"unet.{n}" for n in kv_names(model, WINDOW)}
     assert changed(model, before) == set()
