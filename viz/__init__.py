@@ -1,0 +1,12 @@
+"""Figures of recipe results (plotly `Figure`s, never shown) and self-contained HTML reports."""
+
+from viz.comparison import EditComparison, compare_edits
+from viz.images import edit_images, image_grid, trace_images
+from viz.locogen import locogen_curve
+from viz.report import Report
+from viz.traces import text_encoder_grid, unet_layout, unet_site_map
+
+__all__ = [
+    "EditComparison", "Report", "compare_edits", "edit_images", "image_grid", "locogen_curve", "text_encoder_grid",
+    "trace_images", "unet_layout", "unet_site_map",
+]

@@ -1,0 +1,169 @@
+"""The main job: trace, localize and edit one model, save every result as data, write the report.
+
+`run_demo` runs the recipes (both causal traces for one prompt per attribute, LoCoGen for style,
+DiffQuickFix and LoCoEdit removing one style, judged before/after); `DemoResults.save` writes them
+as JSON + PNG (and the edits as safetensors deltas) so `build_report(DemoResults.load(folder))`
+redraws the report without re-running anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from interp.errors import ResultFormatError
+from interp.model import Model
+from interp.scoring import CLIPScore
+from interventions import diffquickfix, locoedit
+from interventions.causal_trace import TraceResult, trace_text_encoder, trace_unet
+from interventions.locogen import LocalizeResult, localize
+from viz.comparison import EditComparison, Judge, compare_edits
+from viz.images import edit_images, trace_images
+from viz.locogen import locogen_curve
+from viz.report import Report
+from viz.traces import text_encoder_grid, unet_site_map
+
+# (prompt, subject) per attribute, in words both the tiny model and the dummy test pipeline know.
+PROMPTS = {
+    "style": ("a red circle in the style of van gogh", "van gogh"),
+    "object": ("a green star in the style of monet", "star"),
+    "color": ("a blue square", "blue"),
+}
+STYLE_PROMPTS = ("a red circle in the style of van gogh", "a blue square in the style of van gogh")
+OLD, NEW, TARGET = "van gogh", "painting", "a painting"
+COMPARISON = {
+    "a red circle in the style of van gogh": "edited", "a blue square in the style of van gogh": "edited",
+    "a red circle in the style of monet": "neighbour", "a green star": "neighbour",
+}
+INDEX = "demo.json"
+
+
+@dataclass
+class DemoResults:
+    """Everything the report shows: traces per attribute, LoCoGen for style, the edit comparison."""
+
+    unet: dict[str, TraceResult]
+    text: dict[str, TraceResult]
+    locogen: dict[str, LocalizeResult]
+    edits: EditComparison
+
+    def save(self, folder: str | Path) -> Path:
+        """Every result under `folder` (JSON + PNG), with `demo.json` listing the attributes in order."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / INDEX).write_text(json.dumps({"attributes": list(self.unet), "localized": list(self.locogen)}))
+        for attribute in self.unet:
+            self.unet[attribute].save(folder / f"trace-unet-{attribute}")
+            self.text[attribute].save(folder / f"trace-text-{attribute}")
+        for attribute, result in self.locogen.items():
+            result.save(folder / f"locogen-{attribute}")
+        self.edits.save(folder / "edits")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> DemoResults:
+        """Read what `save` wrote; raises `ResultFormatError` if `folder` holds no demo results."""
+        folder = Path(folder)
+        if not (folder / INDEX).is_file():
+            raise ResultFormatError(f"{folder / INDEX} does not exist; pass the data folder `interp demo` wrote")
+        index = json.loads((folder / INDEX).read_text())
+        return cls(
+            {a: TraceResult.load(folder / f"trace-unet-{a}") for a in index["attributes"]},
+            {a: TraceResult.load(folder / f"trace-text-{a}") for a in index["attributes"]},
+            {a: LocalizeResult.load(folder / f"locogen-{a}") for a in index["localized"]},
+            EditComparison.load(folder / "edits"),
+        )
+
+
+def run_demo(
+    model: Model,
+    scorer: CLIPScore,
+    steps: int = 10,
+    seeds: Sequence[int] = (0,),
+    judge: Judge | None = None,
+    deltas: str | Path | None = None,
+    progress: bool = True,
+) -> DemoResults:
+    """Run every recipe of the report on `model`; with `deltas`, also save both edits there."""
+    stages = tqdm(total=2 * len(PROMPTS) + 3, desc="demo", disable=not progress, position=0)
+    unet, text = {}, {}
+    common = dict(seeds=seeds, steps=steps, scorer=scorer, progress=progress)
+    for attribute, (prompt, subject) in PROMPTS.items():
+        stages.set_description(f"trace UNet: {attribute}")
+        unet[attribute] = trace_unet(model, prompt, subject, **common)
+        stages.update()
+        stages.set_description(f"trace text encoder: {attribute}")
+        text[attribute] = trace_text_encoder(model, prompt, subject, **common)
+        stages.update()
+    stages.set_description("LoCoGen: style")
+    style = localize(model, list(STYLE_PROMPTS), TARGET, **common)
+    stages.update()
+    stages.set_description("edits: DiffQuickFix, LoCoEdit")
+    edits = {"DiffQuickFix": diffquickfix.edit(model, OLD, NEW),
+             "LoCoEdit": locoedit.edit(model, OLD, NEW, layers=style.best_sites)}
+    if deltas is not None:
+        Path(deltas).mkdir(parents=True, exist_ok=True)
+        for name, edit in edits.items():
+            edit.save(Path(deltas) / f"{name.lower()}.safetensors")
+    stages.update()
+    stages.set_description("before / after")
+    comparison = compare_edits(model, edits, COMPARISON, scorer, seeds[0], steps, judge=judge, watch=("style", OLD))
+    stages.update()
+    stages.close()
+    return DemoResults(unet, text, {"style": style}, comparison)
+
+
+def _summary_rows(results: DemoResults) -> list[list[object]]:
+    rows = []
+    for attribute, unet in results.unet.items():
+        text = results.text[attribute]
+        (site,), site_ie, _ = unet.top(1)[0]
+        (state, token), state_ie, _ = text.top(1)[0]
+        rows.append([attribute, unet.units[0]["subject"],
+                     float(np.mean(unet.scores["clean"])), float(np.mean(unet.scores["corrupted"])),
+                     f"{site} ({site_ie:+.3f})", f"{state} @ {token} ({state_ie:+.3f})"])
+    return rows
+
+
+def build_report(results: DemoResults, model_name: str = "") -> Report:
+    """The report's sections, drawn from `results` alone."""
+    first = next(iter(results.unet.values()))
+    report = Report(f"Where {model_name or 'the model'} keeps style, object and color",
+                    f"{first.settings['steps']} denoising steps · {len(first.units)} seed(s) per prompt · "
+                    f"noise {first.settings['noise']} x embedding std · CLIP-score with the scorer given")
+    report.heading("Summary").table(
+        ["attribute", "subject", "clean CLIP", "corrupted CLIP", "top UNet site (IE)", "top text state (IE)"],
+        _summary_rows(results))
+    report.heading("Causal tracing: UNet").text(
+        "The subject's token embeddings are corrupted with noise; each site's clean activation is restored "
+        "at every denoising step. Red cells bring the attribute back (indirect effect IE = restored - "
+        "corrupted CLIP-score).")
+    for attribute, result in results.unet.items():
+        report.figure(unet_site_map(result, title=f"UNet sites: {attribute}"))
+    report.figure(trace_images(results.unet))
+    report.heading("Causal tracing: text encoder").text(
+        "The same corruption; one text-encoder state (site kind x layer x token) is restored at a time.")
+    for attribute, result in results.text.items():
+        report.figure(text_encoder_grid(result, title=f"Text encoder: {attribute}"))
+    report.heading("LoCoGen").text(
+        "A window of m consecutive cross-attention layers sees the target prompt instead of the original; "
+        "the window whose swap lowers the attribute's CLIP-score most is where it is controlled.")
+    report.figure(locogen_curve(results.locogen))
+    comparison = results.edits
+    report.heading("Editing").text(
+        f"DiffQuickFix edits the text encoder's first self-attention out-projection; LoCoEdit edits W_K and W_V "
+        f"of the cross-attention layers LoCoGen found. Both map {OLD!r} onto {NEW!r} in one closed-form solve.")
+    roles = ("edited", "neighbour")
+    report.table(["mean CLIP-score", *comparison.edits], [[r, *comparison.rate("clip", r).values()] for r in roles])
+    for role in roles:
+        rates = comparison.rate("hit", role)
+        if rates:
+            report.text(f"Judge: {OLD!r} seen in {role} prompts' images: "
+                        + ", ".join(f"{edit} {100 * rate:.0f}%" for edit, rate in rates.items()))
+    report.figure(edit_images(comparison))
+    return report
