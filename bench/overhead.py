@@ -54,13 +54,11 @@ def main() -> None:
     model = interp.load(sd15_width_pipeline())
     site = model.site(SITE)
     module = model.denoiser.get_submodule(site.path)
-    latents = torch.cat([model.initial_latents(0, args.size, args.size)] * 2)
-    call = dict(latents=latents, num_inference_steps=args.steps, guidance_scale=7.5, height=args.size,
-                width=args.size, output_type="pt")
 
     def plain() -> torch.Tensor:
         with torch.no_grad():
-            return model.pipe([PROMPT, PROMPT], **call).images
+            return model.pipe([PROMPT, PROMPT], generator=model.generators([0, 0]), num_inference_steps=args.steps,
+                              guidance_scale=7.5, height=args.size, width=args.size, output_type="pt").images
 
     def hooks() -> torch.Tensor:
         def restore(_m, _a, out):  # rows: [uncond clean, uncond target, cond clean, cond target]

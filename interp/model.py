@@ -128,13 +128,12 @@ class Model:
     def default_size(self) -> tuple[int, int]:
         return self.adapter.default_size(self.pipe)
 
-    def initial_latents(self, seed: int, height: int, width: int) -> torch.Tensor:
-        """The noise `pipe(generator=torch.Generator().manual_seed(seed))` draws for one image."""
-        shape = (1, *self.adapter.latent_shape(self.pipe, height, width))
-        generator = torch.Generator("cpu").manual_seed(seed)
-        return torch.randn(shape, generator=generator, dtype=torch.float32).to(
-            self.denoiser.device, self.denoiser.dtype
-        )
+    @staticmethod
+    def generators(seeds: list[int]) -> list[torch.Generator]:
+        """One CPU generator per image: row i gets exactly the noise (initial and per-step, for
+        stochastic schedulers) that `pipe(generator=torch.Generator().manual_seed(seeds[i]))` draws
+        for a single image, on any device."""
+        return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
 
 def load(source: Any, **kwargs: Any) -> Model:

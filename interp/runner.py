@@ -261,7 +261,7 @@ def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool) -> 
     with torch.no_grad():
         input_ids = [model.token_ids([r.prompt for r in runs], i) for i in range(len(model.tokenizers))]
         call_kwargs: dict[str, Any] = dict(
-            latents=torch.cat([model.initial_latents(r.seed, height, width) for r in runs]),
+            generator=model.generators([r.seed for r in runs]),
             num_inference_steps=first.steps, guidance_scale=first.guidance_scale,
             height=height, width=width, output_type="pt",
         )

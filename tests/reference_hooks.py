@@ -69,8 +69,6 @@ def first_call(edit: Callable[[torch.Tensor], None]) -> Callable[[torch.Tensor],
 
 def generate(model: interp.Model, prompts: list[str], seeds: list[int], steps: int, guidance: float = 7.5) -> torch.Tensor:
     """Plain diffusers generation of a batch with per-row seeds, as the runner lays it out."""
-    height, width = model.default_size()
-    latents = torch.cat([model.initial_latents(s, height, width) for s in seeds])
     with torch.no_grad():
-        return model.pipe(prompts, latents=latents, num_inference_steps=steps, guidance_scale=guidance,
+        return model.pipe(prompts, generator=model.generators(seeds), num_inference_steps=steps, guidance_scale=guidance,
                           output_type="pt").images
