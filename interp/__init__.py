@@ -1,16 +1,20 @@
 """Mechanistic interpretability for text-to-image diffusion models: the core.
 
-`load` a pipeline, list its `sites`, declare an intervention `Graph` and `run` it.
+`load` a pipeline, list its `sites`, declare an intervention `Graph` of `Run`s with operations
+(`Noise`, `Restore`, `Swap`, `Set`, `Add`, `Zero`, `Scale`, `Capture`) and `run` it.
 """
 
 from interp.errors import (
     GraphValidationError, InterpError, MissingRunError, SubjectNotFoundError, TokenRangeError,
     UnknownSiteError, UnsupportedModelError,
 )
+from interp.graph import Add, Capture, Graph, Noise, Restore, Run, Scale, Set, Swap, Zero
 from interp.model import Model, SubjectSpan, load
+from interp.runner import GraphResult, run
 from interp.sites import Site
 
 __all__ = [
-    "GraphValidationError", "InterpError", "MissingRunError", "Model", "Site", "SubjectNotFoundError",
-    "SubjectSpan", "TokenRangeError", "UnknownSiteError", "UnsupportedModelError", "load",
+    "Add", "Capture", "Graph", "GraphResult", "GraphValidationError", "InterpError", "MissingRunError", "Model",
+    "Noise", "Restore", "Run", "Scale", "Set", "Site", "SubjectNotFoundError", "SubjectSpan", "Swap",
+    "TokenRangeError", "UnknownSiteError", "UnsupportedModelError", "Zero", "load", "run",
 ]

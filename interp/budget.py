@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from interp.model import Model
-from models.base import meta_twin
+from interp.sites import meta_twin
 
 
 def bytes_per_run(model: Model, height: int, width: int, cfg: bool) -> int:

@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from interp.errors import SubjectNotFoundError, TokenRangeError
 from interp.sites import Event, Site, SiteMap
-from models.base import Adapter, adapter_for
+import models.base as adapters  # a module reference: models.base imports interp's error types
+
+if TYPE_CHECKING:
+    from models.base import Adapter
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class Model:
 
     def __init__(self, pipe: Any, adapter: Adapter | None = None):
         self.pipe = pipe
-        self.adapter = adapter or adapter_for(pipe)
+        self.adapter = adapter or adapters.adapter_for(pipe)
 
     def __repr__(self) -> str:
         return f"Model({type(self.pipe).__name__}, family={self.adapter.family!r}, sites={len(self.site_map)})"
@@ -84,14 +87,15 @@ class Model:
     # tokens ---------------------------------------------------------------------------------
     @property
     def max_length(self) -> int:
-        return self.tokenizer.model_max_length
+        return self.adapter.max_length or self.tokenizer.model_max_length
 
     def token_ids(self, prompts: list[str], tokenizer_index: int = 0) -> torch.Tensor:
-        """Padded ids exactly as the pipeline tokenizes prompts (max length, truncation)."""
+        """Padded ids exactly as the pipeline tokenizes prompts (its text preprocessing, max length,
+        truncation)."""
         tokenizer = self.tokenizers[tokenizer_index]
         return tokenizer(
-            prompts, padding="max_length", max_length=tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
+            [self.adapter.preprocess(p) for p in prompts], padding="max_length",
+            max_length=self.adapter.max_length or tokenizer.model_max_length, truncation=True, return_tensors="pt",
         ).input_ids
 
     def tokens(self, prompt: str) -> list[str]:
@@ -104,7 +108,7 @@ class Model:
     def locate(self, prompt: str, subject: str) -> SubjectSpan:
         """Token positions of `subject` in `prompt` (the first occurrence)."""
         tokenizer = self.tokenizer
-        wanted = tokenizer(subject, add_special_tokens=False).input_ids
+        wanted = tokenizer(self.adapter.preprocess(subject), add_special_tokens=False).input_ids
         ids = self.token_ids([prompt])[0].tolist()
         for start in range(len(ids) - len(wanted) + 1):
             if wanted and ids[start : start + len(wanted)] == wanted:

@@ -209,3 +209,13 @@ def name_sites(
                               event.post, event.tuple_output, kv))
             break
     return sorted(sites, key=lambda s: s.order)
+
+
+def meta_twin(module: torch.nn.Module) -> torch.nn.Module:
+    """A weightless copy of `module` on the meta device, built from its config."""
+    if next(module.parameters()).device.type == "meta":
+        return module
+    with torch.device("meta"):
+        if hasattr(module, "from_config"):  # diffusers
+            return type(module).from_config(module.config)
+        return type(module)(module.config)  # transformers

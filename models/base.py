@@ -14,10 +14,10 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from interp.errors import UnsupportedModelError
-from interp.sites import Event, Site, SitePattern, forward_events, name_sites
+from interp.sites import Event, Site, SitePattern, forward_events, meta_twin, name_sites
 
 ADAPTERS: dict[str, type["Adapter"]] = {}
-FAMILY_MODULES = ("models.sd", "models.sdxl")  # imported on first lookup; each registers its adapters
+FAMILY_MODULES = ("models.sd", "models.sdxl", "models.deepfloyd", "models.pixart")  # imported on first lookup; each registers its adapters
 
 
 def register(*pipeline_classes: str) -> Callable[[type["Adapter"]], type["Adapter"]]:
@@ -41,18 +41,9 @@ def adapter_for(pipe: Any) -> "Adapter":
     raise UnsupportedModelError(
         f"no adapter for {type(pipe).__name__}; known pipelines: {sorted(ADAPTERS)}. An adapter "
         "(one file in models/) declares the text encoder and denoiser components, site patterns, "
-        "cross-attention key/value projections and how prompts are encoded; see models/sd.py."
+        "cross-attention key/value projections and how prompts are encoded; see "
+        "docs/adding_an_architecture.md and models/sd.py."
     )
-
-
-def meta_twin(module: torch.nn.Module) -> torch.nn.Module:
-    """A weightless copy of `module` on the meta device, built from its config."""
-    if next(module.parameters()).device.type == "meta":
-        return module
-    with torch.device("meta"):
-        if hasattr(module, "from_config"):  # diffusers
-            return type(module).from_config(module.config)
-        return type(module)(module.config)  # transformers
 
 
 class Adapter(ABC):
@@ -63,6 +54,7 @@ class Adapter(ABC):
     text_encoders: ClassVar[tuple[str, ...]]
     tokenizers: ClassVar[tuple[str, ...]]
     patterns: ClassVar[dict[str, tuple[SitePattern, ...]]]
+    max_length: ClassVar[int | None] = None  # padded prompt length where the pipeline fixes it (T5: 77, 120)
 
     def components(self, pipe: Any) -> dict[str, torch.nn.Module]:
         """Component name -> module, text encoders first (their forward comes first)."""
@@ -106,10 +98,27 @@ class Adapter(ABC):
         """(channels, height, width) of the initial noise for an image of this size."""
 
     def default_size(self, pipe: Any) -> tuple[int, int]:
-        """The pipeline's default (height, width) in pixels."""
-        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        """The pipeline's default (height, width) in pixels (pixel-space pipelines have no VAE)."""
+        size = getattr(pipe, self.denoiser).config.sample_size * getattr(pipe, "vae_scale_factor", 1)
         return size, size
+
+    def preprocess(self, prompt: str) -> str:
+        """The prompt text the pipeline tokenizes (T5 pipelines lowercase and strip it)."""
+        return prompt
+
+    def call_kwargs(self, pipe: Any) -> dict[str, Any]:
+        """Extra kwargs of every pipeline call (e.g. turning off a size rounding the runner must not do)."""
+        return {}
+
+    def postprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """`pipe(..., output_type="pt")` images as floats in [0, 1] (the identity for VAE pipelines)."""
+        return images
 
     def context(self, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         """The tensor cross-attention layers read keys and values from, given `encode`'s output."""
         return cond["prompt_embeds"]
+
+    def kv_input(self, pipe: Any, site: Site, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What `site`'s key/value projections (`site.kv_paths`) take as input, given `encode`'s output:
+        the context by default; a family that projects or normalizes it first (per layer) says so."""
+        return self.context(cond)
