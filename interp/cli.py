@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 MODEL_HELP = "'tiny' (bundled), 'dummy' (random, config-built), a folder saved with save_pretrained, or a hub id"
+CLIP_HELP = "CLIP for CLIP-scores: a hub id or folder (default: the bundled tiny model's CLIP)"
+OUT_HELP = "folder for the result (JSON + PNG) and its figure (report.html)"
+
+
+class Target(str, enum.Enum):
+    unet = "unet"
+    text = "text"
+
+
+class Method(str, enum.Enum):
+    diffquickfix = "diffquickfix"
+    locoedit = "locoedit"
 
 
 def user_errors(command: Callable) -> Callable:
@@ -37,7 +50,40 @@ def _load(model: str):
         from models.testing import dummy_sd_pipeline
 
         return interp.load(dummy_sd_pipeline())
+    if model == "tiny":
+        from interp.errors import BundledModelMissingError
+        from models.tiny import WEIGHTS_DIR
+
+        if not (WEIGHTS_DIR / "model_index.json").is_file():
+            raise BundledModelMissingError(
+                f"the bundled tiny model is not built ({WEIGHTS_DIR} is missing); build it with "
+                f"`python -m models.tiny.train`, or pass --model <folder or hub id>"
+            )
     return interp.load(model)
+
+
+def _scorer(clip: Optional[str]):
+    from interp.scoring import CLIPScore
+
+    return CLIPScore.from_pretrained(clip)
+
+
+def _judge(model: str):
+    """The tiny model's attribute judge where the model is the bundled one (it reads only its scenes)."""
+    from interventions.evaluate import tiny_judge
+
+    return tiny_judge if model == "tiny" else None
+
+
+def _save(result, figure, out: Optional[Path]) -> None:
+    """Save `result` and a one-figure report under `out`, if given."""
+    if out is None:
+        return
+    from viz.report import Report
+
+    result.save(out)
+    Report(out.name).figure(figure).write(out / "report.html")
+    typer.echo(f"wrote {out}/result.json and {out}/report.html")
 
 
 @app.command()
@@ -57,31 +103,146 @@ def sites(
 @user_errors
 def demo(
     model: str = typer.Option("tiny", help=MODEL_HELP),
-    prompt: str = typer.Option("a red circle in the style of van gogh", help="the prompt to trace"),
-    subject: str = typer.Option("van gogh", help="the words to corrupt"),
-    steps: int = typer.Option(10, help="denoising steps"),
-    out: Path = typer.Option(Path("out"), help="folder for the images"),
+    out: Path = typer.Option(Path("report.html"), help="the HTML report; its data goes to <name>_data/"),
+    steps: int = typer.Option(10, min=1, help="denoising steps"),
+    seeds: int = typer.Option(1, min=1, help="seeds 0 .. n-1 per prompt"),
+    clip: Optional[str] = typer.Option(None, help=CLIP_HELP),
 ) -> None:
-    """Corrupt the subject, restore each UNet site in one batched run, save the images."""
-    from interp.graph import Graph, Noise, Restore, Run
-    from interp.runner import run
+    """The main job: trace style, object and color, localize style, edit it out, write the report."""
+    from viz.demo import build_report, run_demo
+
+    loaded, scorer = _load(model), _scorer(clip)
+    data = out.with_name(f"{out.stem}_data")
+    results = run_demo(loaded, scorer, steps, tuple(range(seeds)), _judge(model), deltas=data)
+    results.save(data)
+    build_report(results, model).write(out)
+    typer.echo(f"wrote {out} (data and edit deltas in {data}/)")
+
+
+@app.command()
+@user_errors
+def report(
+    data: Path = typer.Argument(..., help="the data folder `interp demo` wrote"),
+    out: Path = typer.Option(Path("report.html"), help="the HTML report"),
+    title: str = typer.Option("", help="the model's name in the title"),
+) -> None:
+    """Redraw the demo report from its saved data, without running anything."""
+    from viz.demo import DemoResults, build_report
+
+    build_report(DemoResults.load(data), title).write(out)
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+@user_errors
+def trace(
+    prompt: str = typer.Option(..., help="the prompt"),
+    subject: str = typer.Option(..., help="the words of the prompt to corrupt"),
+    model: str = typer.Option("tiny", help=MODEL_HELP),
+    target: Target = typer.Option(Target.unet, help="trace UNet sites or text-encoder (site, token) states"),
+    steps: int = typer.Option(10, min=1, help="denoising steps"),
+    seeds: int = typer.Option(1, min=1, help="seeds 0 .. n-1"),
+    clip: Optional[str] = typer.Option(None, help=CLIP_HELP),
+    out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+) -> None:
+    """Causal tracing: corrupt the subject, restore one state at a time, print the indirect effects."""
+    from interventions.causal_trace import trace_text_encoder, trace_unet
+    from viz.traces import text_encoder_grid, unet_site_map
 
     loaded = _load(model)
-    span = loaded.locate(prompt, subject)
-    typer.echo(f"{loaded}: subject {subject!r} at tokens {list(span.positions)}")
-    noise = Noise("text-embed", tokens=span.positions, std=3.0)
-    graph = Graph([Run("clean", prompt, steps=steps), Run("corrupted", prompt, steps=steps, ops=[noise])])
-    denoiser = [s for s in loaded.sites() if not s.is_text]
-    for site in denoiser:
-        graph.add(Run(site.name, prompt, steps=steps, ops=[noise, Restore(site.name, source="clean")]))
-    result = run(loaded, graph)
-    out.mkdir(parents=True, exist_ok=True)
-    clean = result.images["clean"]
-    for name in graph.runs:
-        result.pil(name).save(out / f"{name}.png")
-        distance = (result.images[name] - clean).abs().mean().item()
-        typer.echo(f"{name:24} mean |image - clean| = {distance:.4f}")
-    typer.echo(f"wrote {len(graph)} images to {out}/")
+    loaded.locate(prompt, subject)  # a subject not in the prompt fails before the CLIP loads
+    recipe, figure = (trace_unet, unet_site_map) if target is Target.unet else (trace_text_encoder, text_encoder_grid)
+    result = recipe(loaded, prompt, subject, seeds=range(seeds), steps=steps, scorer=_scorer(clip))
+    typer.echo(result.table())
+    _save(result, figure(result), out)
+
+
+@app.command()
+@user_errors
+def locogen(
+    prompt: List[str] = typer.Option(..., help="a prompt with the attribute (repeat for several)"),
+    target_prompt: str = typer.Option("a painting", help="what the window's layers see instead"),
+    model: str = typer.Option("tiny", help=MODEL_HELP),
+    window: int = typer.Option(2, help="m, the number of consecutive cross-attention layers swapped"),
+    attribute: Optional[str] = typer.Option(None, help="score against this text (default: each prompt)"),
+    steps: int = typer.Option(10, min=1, help="denoising steps"),
+    seeds: int = typer.Option(1, min=1, help="seeds 0 .. n-1 per prompt"),
+    clip: Optional[str] = typer.Option(None, help=CLIP_HELP),
+    out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+) -> None:
+    """LoCoGen: slide a window of cross-attention layers fed the target prompt; print each window's score."""
+    from interventions.locogen import localize
+    from viz.locogen import locogen_curve
+
+    loaded = _load(model)
+    result = localize(loaded, prompt, target_prompt, window, attribute, seeds=range(seeds), steps=steps,
+                      scorer=_scorer(clip))
+    typer.echo(result.table())
+    typer.echo(f"best window: {', '.join(result.best_sites)}")
+    _save(result, locogen_curve(result), out)
+
+
+@app.command()
+@user_errors
+def edit(
+    method: Method = typer.Argument(..., help="diffquickfix (text encoder) or locoedit (cross-attention W_K, W_V)"),
+    old: List[str] = typer.Option(..., help="a concept to remove (repeat for several)"),
+    new: str = typer.Option(..., help="what it should read as instead"),
+    save: Path = typer.Option(..., help="where to write the edit (safetensors delta of the changed weights)"),
+    model: str = typer.Option("tiny", help=MODEL_HELP),
+    layer: List[str] = typer.Option([], help="locoedit: a cross-attention layer (name or index; repeat); "
+                                             "'all' for every one; default SD1.x's style window"),
+    lam: float = typer.Option(0.01, help="closeness to the current weights (lambda)"),
+) -> None:
+    """Compute a closed-form edit mapping the old concept(s) onto the new one; save it, do not apply it."""
+    loaded = _load(model)
+    if method is Method.diffquickfix:
+        if layer:
+            raise ValueError("--layer is for locoedit; diffquickfix edits the first text self-attention layer")
+        from interventions import diffquickfix
+
+        result = diffquickfix.edit(loaded, old, new, lam=lam)
+    else:
+        from interventions import locoedit
+
+        layers = [int(x) if x.isdigit() else x for x in layer] or None
+        layers = "all" if layers == ["all"] else layers
+        result = locoedit.edit(loaded, old, new, layers, lam_k=lam, lam_v=lam)
+    save.parent.mkdir(parents=True, exist_ok=True)
+    result.save(save)
+    changed = result.changed_parameters
+    typer.echo(f"wrote {save}: {method.value} changes {len(changed)} weight(s) of {result.metadata['component']}: "
+               f"{', '.join(changed)}")
+
+
+@app.command()
+@user_errors
+def apply(
+    delta: Path = typer.Argument(..., help="an edit written by `interp edit --save`"),
+    out: Path = typer.Option(..., help="folder for the edited pipeline (save_pretrained; usable as --model)"),
+    model: str = typer.Option("tiny", help=MODEL_HELP),
+    prompt: List[str] = typer.Option([], help="also generate this prompt with the edit (repeat; PNGs in <out>/images)"),
+    steps: int = typer.Option(25, min=1, help="denoising steps for --prompt"),
+) -> None:
+    """Apply a saved edit to a model and save the edited pipeline (and optional images)."""
+    from PIL import Image
+
+    from interp.editing import Edit
+    from interp.results import as_uint8
+    from interventions import edits
+    from interventions.evaluate import generate
+
+    if not delta.is_file():
+        raise FileNotFoundError(f"{delta} does not exist; write one with `interp edit ... --save {delta}`")
+    loaded = edits.apply(_load(model), Edit.load(delta))
+    loaded.pipe.save_pretrained(out)
+    typer.echo(f"wrote the edited pipeline to {out}/")
+    if prompt:
+        (out / "images").mkdir(exist_ok=True)
+        for i, image in enumerate(generate(loaded, prompt, [0], steps)):
+            path = out / "images" / f"{i:02d}.png"
+            Image.fromarray(as_uint8(image)).save(path)
+            typer.echo(f"{path}: {prompt[i]}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,35 +1,151 @@
 """The `interp` command: each subcommand's main path and its error path (exit status 2)."""
 
+from pathlib import Path
+
+import pytest
 from typer.testing import CliRunner
 
 from interp.cli import app
+from tests.random_clip import random_clip_scorer
 
 runner = CliRunner()
+PROMPT = "a red circle in the style of van gogh"
+
+
+@pytest.fixture(scope="session")
+def clip_folder(tmp_path_factory) -> str:
+    """A random CLIP saved to a folder, passed as --clip (the dummy model has no CLIP of its own)."""
+    folder = tmp_path_factory.mktemp("clip")
+    random_clip_scorer(folder)
+    return str(folder)
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_user_error(result, words: str) -> None:
+    """Exit status 2 and one clear line naming the problem, never a traceback."""
+    assert result.exit_code == 2, result.output
+    assert words in result.output and "Traceback" not in result.output
 
 
 def test_sites_lists_cross_attention_in_order():
-    result = runner.invoke(app, ["sites", "--model", "dummy", "--kind", "cross-attn"])
+    result = invoke("sites", "--model", "dummy", "--kind", "cross-attn")
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 4 and lines[0].startswith("down-0-cross-attn-0") and "cross-attn-0" in lines[0]
 
 
 def test_sites_unknown_kind_is_one_line_exit_2():
-    result = runner.invoke(app, ["sites", "--model", "dummy", "--kind", "convolution"])
-    assert result.exit_code == 2 and "kinds" in result.output and "Traceback" not in result.output
+    assert_user_error(invoke("sites", "--model", "dummy", "--kind", "convolution"), "kinds")
 
 
 def test_missing_model_folder_exit_2(tmp_path):
-    result = runner.invoke(app, ["sites", "--model", str(tmp_path)])
-    assert result.exit_code == 2 and "model_index.json" in result.output
+    assert_user_error(invoke("sites", "--model", tmp_path), "model_index.json")
 
 
-def test_demo_writes_images(tmp_path):
-    result = runner.invoke(app, ["demo", "--model", "dummy", "--steps", "2", "--out", str(tmp_path)])
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory, clip_folder) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "report.html"
+    result = invoke("demo", "--model", "dummy", "--steps", 1, "--clip", clip_folder, "--out", out)
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "clean.png").exists() and (tmp_path / "mid-cross-attn.png").exists()
+    return out
 
 
-def test_demo_subject_not_in_prompt_exit_2(tmp_path):
-    result = runner.invoke(app, ["demo", "--model", "dummy", "--subject", "monet", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "not in prompt" in result.output
+def test_demo_writes_report_data_and_deltas(demo_report):
+    data = demo_report.parent / "report_data"
+    assert demo_report.stat().st_size > 1_000_000  # plotly.js is inlined
+    assert (data / "trace-unet-style" / "result.json").is_file() and (data / "locogen-style" / "result.json").is_file()
+    assert (data / "diffquickfix.safetensors").is_file() and (data / "locoedit.safetensors").is_file()
+
+
+def test_demo_missing_model_folder_exit_2(tmp_path):
+    assert_user_error(invoke("demo", "--model", tmp_path / "nowhere", "--out", tmp_path / "r.html"), "nowhere")
+
+
+def test_report_redraws_from_data(demo_report, tmp_path):
+    result = invoke("report", demo_report.parent / "report_data", "--out", tmp_path / "again.html", "--title", "dummy")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "again.html").read_text().count('class="plotly-graph-div"') == demo_report.read_text().count(
+        'class="plotly-graph-div"')
+
+
+def test_report_without_data_exit_2(tmp_path):
+    assert_user_error(invoke("report", tmp_path), "demo.json")
+
+
+@pytest.mark.parametrize("target, figure", [("unet", "mid-cross-attn"), ("text", "text-mlp-1")])
+def test_trace_prints_table_and_saves(target, figure, clip_folder, tmp_path):
+    result = invoke("trace", "--model", "dummy", "--prompt", PROMPT, "--subject", "van gogh", "--target", target,
+                    "--steps", 1, "--clip", clip_folder, "--out", tmp_path / "trace")
+    assert result.exit_code == 0, result.output
+    assert figure in result.output and "clean" in result.output
+    assert (tmp_path / "trace" / "result.json").is_file() and figure in (tmp_path / "trace" / "report.html").read_text()
+
+
+def test_trace_subject_not_in_prompt_exit_2():
+    assert_user_error(invoke("trace", "--model", "dummy", "--prompt", PROMPT, "--subject", "monet"), "not in prompt")
+
+
+def test_trace_unknown_target_exit_2():
+    result = invoke("trace", "--model", "dummy", "--prompt", PROMPT, "--subject", "van gogh", "--target", "vae")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_locogen_prints_best_window(clip_folder, tmp_path):
+    result = invoke("locogen", "--model", "dummy", "--prompt", PROMPT, "--prompt", "a blue square in the style of monet",
+                    "--window", 2, "--steps", 1, "--clip", clip_folder, "--out", tmp_path / "loc")
+    assert result.exit_code == 0, result.output
+    assert "best window: " in result.output and (tmp_path / "loc" / "report.html").is_file()
+
+
+def test_locogen_window_too_large_exit_2(clip_folder):
+    assert_user_error(invoke("locogen", "--model", "dummy", "--prompt", PROMPT, "--window", 9, "--clip", clip_folder),
+                      "cross-attention layers")
+
+
+@pytest.fixture(scope="module")
+def delta(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("edit") / "delta.safetensors"
+    result = invoke("edit", "locoedit", "--model", "dummy", "--old", "van gogh", "--new", "painting",
+                    "--layer", "cross-attn-2", "--layer", "3", "--save", path)
+    assert result.exit_code == 0, result.output
+    assert "changes 4 weight(s) of unet" in result.output
+    return path
+
+
+def test_edit_diffquickfix_saves_delta(tmp_path):
+    result = invoke("edit", "diffquickfix", "--model", "dummy", "--old", "van gogh", "--old", "monet",
+                    "--new", "painting", "--save", tmp_path / "dqf.safetensors")
+    assert result.exit_code == 0, result.output
+    assert "out_proj.weight" in result.output and (tmp_path / "dqf.safetensors").is_file()
+
+
+def test_edit_locoedit_saves_delta(delta):
+    assert delta.is_file()
+
+
+def test_edit_unknown_layer_exit_2(tmp_path):
+    result = invoke("edit", "locoedit", "--model", "dummy", "--old", "van gogh", "--new", "painting",
+                    "--layer", "cross-attn-7", "--save", tmp_path / "x.safetensors")
+    assert_user_error(result, "cross-attn-7")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_edit_unknown_method_exit_2(tmp_path):
+    result = invoke("edit", "rome", "--old", "van gogh", "--new", "painting", "--save", tmp_path / "x.safetensors")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_apply_saves_edited_pipeline(delta, tmp_path):
+    out = tmp_path / "edited"
+    result = invoke("apply", delta, "--model", "dummy", "--out", out, "--prompt", PROMPT, "--steps", 1)
+    assert result.exit_code == 0, result.output
+    assert (out / "model_index.json").is_file() and (out / "images" / "00.png").is_file()
+    assert invoke("sites", "--model", out, "--kind", "cross-attn").exit_code == 0
+
+
+def test_apply_missing_delta_exit_2(tmp_path):
+    assert_user_error(invoke("apply", tmp_path / "none.safetensors", "--model", "dummy", "--out", tmp_path / "o"),
+                      "none.safetensors")

@@ -22,7 +22,7 @@ from viz.style import ie_coloraxis, styled, symmetric_range
 Value = Literal["ie", "normalized_ie"]
 TEXT_SITE = re.compile(r"^(?P<encoder>text\d*)-(?P<kind>embed|self-attn|mlp|hidden)(?:-(?P<layer>\d+))?$")
 UNET_ROWS = ("resnet", "self-attn", "cross-attn", "ff")
-UNET_SITE = re.compile(r"^(?P<block>.+?)-(?P<kind>resnet|self-attn|cross-attn|ff)(?:[-.](?P<index>[\d.]+))?$")
+UNET_SITE = re.compile(r"^(?P<block>[^+]+?)-(?P<kind>resnet|self-attn|cross-attn|ff)(?:[-.](?P<index>[\d.]+))?$")
 VALUE_TITLES = {"ie": "IE", "normalized_ie": "normalised IE"}
 
 

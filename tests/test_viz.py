@@ -1,0 +1,165 @@
+"""Figures from recipe results: layout, labels, the shared colour convention; the HTML report."""
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+from plotly.offline import get_plotlyjs
+
+from interventions.causal_trace import TraceResult
+from interventions.locogen import LocalizeResult
+from tests.random_clip import random_clip_scorer
+from viz import (
+    Report, compare_edits, edit_images, image_grid, locogen_curve, text_encoder_grid, trace_images, unet_layout,
+    unet_site_map,
+)
+from viz.comparison import EditComparison
+from viz.style import IE_COLORSCALE
+
+DUMMY_UNET = ["down-0-resnet-0", "down-0-self-attn-0", "down-0-cross-attn-0", "down-0-ff-0", "down-1-resnet-0",
+              "mid-resnet-0", "mid-self-attn", "mid-cross-attn", "mid-ff", "mid-resnet-1", "up-0-resnet-0",
+              "up-1-resnet-0", "up-1-self-attn-0", "up-1-cross-attn-0", "up-1-ff-0"]
+TOKENS = ["0:<|startoftext|>", "1:a", "2:red", "3:van", "4:gogh", "5:<|endoftext|>"]
+PROMPT = "a red van gogh"
+
+
+def image(value: int) -> np.ndarray:
+    return np.full((8, 8, 3), value, dtype=np.uint8)
+
+
+def unet_result(sites=DUMMY_UNET) -> TraceResult:
+    restored = 0.5 + 0.01 * np.arange(len(sites))[None]
+    images = {"u0/clean": image(200), "u0/n0/corrupted": image(20),
+              **{f"u0/n0/{s}/0": image(100) for s in sites}}
+    unit = {"prompt": PROMPT, "subject": "van gogh", "seed": 0, "positions": [3, 4], "tokens": []}
+    return TraceResult(("site",), {"site": list(sites)}, {"clean": [0.9], "corrupted": [0.5], "restored": restored},
+                       [unit], {"steps": 2, "noise": 3.0}, images)
+
+
+def text_result() -> TraceResult:
+    sites = ["text-self-attn-0", "text-mlp-0", "text-hidden-0", "text-self-attn-1", "text-mlp-1", "text-hidden-1"]
+    restored = 0.5 + np.linspace(-0.1, 0.3, len(sites) * len(TOKENS)).reshape(1, len(sites), len(TOKENS))
+    unit = {"prompt": PROMPT, "subject": "van gogh", "seed": 0, "positions": [3, 4], "tokens": []}
+    images = {"u0/clean": image(200), "u0/n0/corrupted": image(20),
+              **{f"u0/n0/{s}/{t}/0": image(90) for s in sites for t in TOKENS}}
+    return TraceResult(("site", "token"), {"site": sites, "token": TOKENS},
+                       {"clean": [0.9], "corrupted": [0.5], "restored": restored}, [unit], {"steps": 2}, images)
+
+
+def localize_result(best: int) -> LocalizeResult:
+    layers = [f"cross-attn-{i}" for i in range(5)]
+    window = np.array([[0.8, 0.7, 0.6, 0.7]])
+    window[0, best] = 0.1
+    units = [{"prompt": PROMPT, "target": "a painting", "seed": 0, "text": PROMPT}]
+    return LocalizeResult(("window start",), {"window start": [0, 1, 2, 3]}, {"window": window, "baseline": [0.9]},
+                          units, {"m": 2, "layers": layers, "mode": "lowest"})
+
+
+def test_unet_layout_columns_follow_the_unet():
+    cells = {c.name: c for c in unet_layout(DUMMY_UNET + ["none", "all", "mid-ff+up-1-ff-0"])}
+    assert set(cells) == set(DUMMY_UNET)  # groups are not sites
+    assert cells["down-0-cross-attn-0"].column == cells["down-0-resnet-0"].column == 0
+    assert cells["down-0-cross-attn-0"].row == 2 and cells["up-1-ff-0"].row == 3
+    assert cells["down-1-resnet-0"].column == 1 and cells["mid-ff"].column == cells["mid-resnet-0"].column == 2
+    assert cells["mid-resnet-1"].column == 3 and cells["up-1-ff-0"].column == 5
+    assert cells["mid-ff"].block == "mid" and cells["up-1-ff-0"].block == "up-1"
+
+
+def test_unet_layout_repeated_transformer_blocks_get_their_own_columns():
+    names = ["mid-resnet-0", "mid-self-attn.0", "mid-cross-attn.0", "mid-ff.0", "mid-self-attn.1", "mid-cross-attn.1"]
+    assert [c.column for c in unet_layout(names)] == [0, 0, 0, 0, 1, 1]
+
+
+def test_unet_site_map_places_values_and_names():
+    result = unet_result()
+    figure = unet_site_map(result)
+    assert isinstance(figure, go.Figure)
+    heatmap = figure.data[0]
+    z, text = np.array(heatmap.z, dtype=float), np.array(heatmap.text)
+    ie = dict(zip(DUMMY_UNET, result.ie))
+    assert z[2, 0] == pytest.approx(ie["down-0-cross-attn-0"]) and text[2, 0] == "down-0-cross-attn-0"
+    assert np.isnan(z[1, 1]) and text[1, 1] == ""  # down-1 has no attention
+    assert list(figure.layout.xaxis.ticktext) == ["down-0", "down-1", "mid", "up-0", "up-1"]
+    assert list(heatmap.y) == ["resnet", "self-attn", "cross-attn", "ff"]
+
+
+def test_all_effect_figures_share_one_symmetric_diverging_scale():
+    for figure in (unet_site_map(unet_result()), text_encoder_grid(text_result())):
+        axis = figure.layout.coloraxis
+        assert axis.cmid == 0 and axis.cmin == -axis.cmax > -np.inf
+        assert [c[1] for c in axis.colorscale] == [c[1] for c in go.Figure(
+            go.Heatmap(z=[[0]], colorscale=IE_COLORSCALE)).data[0].colorscale]
+        assert all(trace.coloraxis == "coloraxis" for trace in figure.data)
+
+
+def test_text_encoder_grid_one_panel_per_kind_with_token_strings():
+    result = text_result()
+    figure = text_encoder_grid(result)
+    assert [t.name for t in figure.data] == ["text-self-attn", "text-mlp", "text-hidden"]
+    assert list(figure.data[1].x) == TOKENS and list(figure.data[1].y) == ["layer 0", "layer 1"]
+    np.testing.assert_allclose(figure.data[1].z, result.ie[[1, 4]])
+    assert figure.layout.coloraxis.cmax == pytest.approx(np.abs(result.ie).max())
+
+
+def test_normalized_ie_and_wrong_results_are_rejected_or_drawn():
+    figure = unet_site_map(unet_result(), value="normalized_ie")
+    assert figure.layout.coloraxis.colorbar.title.text == "normalised IE"
+    with pytest.raises(ValueError, match="trace_text_encoder"):
+        text_encoder_grid(unet_result())
+    with pytest.raises(ValueError, match="trace_unet"):
+        unet_site_map(text_result())
+    with pytest.raises(ValueError, match="value"):
+        unet_site_map(unet_result(), value="ie2")
+
+
+def test_locogen_curve_one_line_per_attribute_and_the_chosen_window():
+    figure = locogen_curve({"style": localize_result(2), "object": localize_result(0)})
+    lines = [t for t in figure.data if t.mode == "lines+markers"]
+    stars = [t for t in figure.data if t.mode == "markers"]
+    assert [t.name for t in lines] == ["style", "object"]
+    assert [s.x[0] for s in stars] == [2, 0] and stars[0].marker.symbol == "star"
+    assert lines[0].customdata[2] == "cross-attn-2, cross-attn-3"  # hover names the window's layers
+    assert lines[0].line.color != lines[1].line.color
+
+
+def test_image_grid_inlines_png_data_uris():
+    figure = image_grid([[("a", image(0)), ("b", image(255))], [("c", image(9))]], ["first", "second"], "grid")
+    assert len(figure.data) == 3 and all(t.source.startswith("data:image/png;base64,") for t in figure.data)
+    with pytest.raises(ValueError, match="one title per row"):
+        image_grid([[("a", image(0))]], [], "grid")
+
+
+def test_trace_images_clean_corrupted_and_top_restored():
+    figure = trace_images({"style": unet_result(), "color": unet_result()}, top=2)
+    assert len(figure.data) == 8
+    captions = [a.text for a in figure.layout.annotations]
+    assert captions[:2] == ["clean", "corrupted"] and "up-1-ff-0" in captions[2]
+
+
+@pytest.fixture(scope="module")
+def comparison(model, tmp_path_factory) -> EditComparison:
+    from interventions import diffquickfix
+
+    scorer = random_clip_scorer(tmp_path_factory.mktemp("clip"))
+    edit = diffquickfix.edit(model, "van gogh", "painting")
+    prompts = {"a red circle in the style of van gogh": "edited", "a blue square": "neighbour"}
+    judge = lambda images: [{"style": "van gogh"} for _ in images]  # noqa: E731
+    return compare_edits(model, {"DiffQuickFix": edit}, prompts, scorer, steps=1, judge=judge)
+
+
+def test_compare_edits_generates_each_edit_and_reverts(model, comparison, tmp_path):
+    assert comparison.edits == ["before", "DiffQuickFix"] and comparison.scores["clip"].shape == (2, 2)
+    assert not np.array_equal(comparison.image(0, "before"), comparison.image(0, "DiffQuickFix"))
+    assert comparison.rate("hit", "edited") == {"before": 1.0, "DiffQuickFix": 1.0}
+    assert EditComparison.load(comparison.save(tmp_path / "cmp")) == comparison
+    figure = edit_images(comparison)
+    assert len(figure.data) == 4 and "van gogh: yes" in figure.layout.annotations[0].text
+
+
+def test_report_is_self_contained_with_plotly_inlined_once(tmp_path):
+    report = Report("Title <&>", "sub").heading("Section").text("a < b").table(["x", "y"], [["row", 0.12345]])
+    report.figure(unet_site_map(unet_result())).figure(locogen_curve(localize_result(1)))
+    page = report.write(tmp_path / "deep" / "report.html").read_text()
+    inlined, external = page.count(get_plotlyjs()), "<script src" in page  # booleans: no megabyte reprs
+    assert inlined == 1 and not external
+    body = page.split("</head>", 1)[1]
+    assert body.count('class="plotly-graph-div"') == 2 and "Title &lt;&amp;&gt;" in body and "0.123" in body
