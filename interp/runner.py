@@ -141,8 +141,12 @@ def _rows(run_index: int, n: int, cfg: bool, branch: str, text: bool) -> list[in
     return {"both": [run_index, n + run_index], "uncond": [run_index], "cond": [n + run_index]}[branch]
 
 
-def _hook_points(model: Model, graph: Graph, chunk: list[str], contexts: dict[str, torch.Tensor]) -> list[_HookPoint]:
-    """Every (module, input/output) the chunk's operations touch, sorted in forward order."""
+def _hook_points(
+    model: Model, graph: Graph, chunk: list[str], contexts: dict[tuple[str, str], torch.Tensor]
+) -> list[_HookPoint]:
+    """Every (module, input/output) the chunk's operations touch, sorted in forward order.
+
+    `contexts[(prompt, site name)]` is what a swapped site's key/value projections read."""
     ranks = {name: i for i, name in enumerate(model.components)}
     points: dict[tuple[str, str, str], _HookPoint] = {}
     n, cfg = len(chunk), graph.runs[chunk[0]].cfg
@@ -162,7 +166,7 @@ def _hook_points(model: Model, graph: Graph, chunk: list[str], contexts: dict[st
                     rows = _rows(index, n, cfg, op.branch, text=False)
                     for kv in site.kv_paths:
                         point(site.component, kv, "input", False).actions.append(
-                            _Action(op, name, rows, context=contexts[op.prompt]))
+                            _Action(op, name, rows, context=contexts[(op.prompt, site.name)]))
                 continue
             site = model.site(op.site)
             rows = _rows(index, n, cfg, op.branch, site.is_text)
@@ -263,12 +267,13 @@ def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool) -> 
         call_kwargs: dict[str, Any] = dict(
             generator=model.generators([r.seed for r in runs]),
             num_inference_steps=first.steps, guidance_scale=first.guidance_scale,
-            height=height, width=width, output_type="pt",
+            height=height, width=width, output_type="pt", **adapter.call_kwargs(pipe),
         )
         if first.cfg:
             call_kwargs.update(adapter.uncond_kwargs(pipe, lambda: _encode(model, [""] * len(runs))))
-        swap_prompts = sorted({op.prompt for r in runs for op in r.ops if isinstance(op, Swap)})
-        contexts = {p: adapter.context(_encode(model, [p])) for p in swap_prompts}
+        swaps = {(op.prompt, model.site(s)) for r in runs for op in r.ops if isinstance(op, Swap) for s in op.sites}
+        conds = {p: _encode(model, [p]) for p in {p for p, _ in swaps}}
+        contexts = {(p, site.name): adapter.kv_input(pipe, site, conds[p]) for p, site in swaps}
     hooks = _hook_points(model, graph, chunk, contexts)
     text_hooks = [h for h in hooks if h.component != adapter.denoiser]
     step_hooks = [h for h in hooks if h.component == adapter.denoiser]
@@ -294,7 +299,7 @@ def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool) -> 
         _uninstrument(root)
         pipe._progress_bar_config = bar_config
     stacked = {run_: {k: torch.stack(v) for k, v in keyed.items()} for run_, keyed in captures.items()}
-    return images.cpu(), stacked
+    return adapter.postprocess(images.cpu()), stacked
 
 
 def _size(model: Model, run_: Run) -> tuple[int, int]:

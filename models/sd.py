@@ -21,13 +21,18 @@ _TB = r"\.attentions\.(?P<j>\d+)\.transformer_blocks\.(?P<t>\d+)"
 _UPDOWN = r"(?P<b>down|up)_blocks\.(?P<i>\d+)"
 
 
-def unet_patterns() -> tuple[SitePattern, ...]:
-    """Site patterns of a diffusers `UNet2DConditionModel` (shared with SDXL)."""
-    layers = (("attn1", "self-attn", ()), ("attn2", "cross-attn", ("to_k", "to_v")), ("ff", "ff", ()))
-    patterns = [
+def resnet_patterns() -> list[SitePattern]:
+    """Site patterns of the resnets of a diffusers UNet's down, mid and up blocks."""
+    return [
         SitePattern(_UPDOWN + r"\.resnets\.(?P<j>\d+)", "{b}-{i}-resnet-{j}", "resnet", "{b}"),
         SitePattern(r"mid_block\.resnets\.(?P<j>\d+)", "mid-resnet-{j}", "resnet", "mid"),
     ]
+
+
+def unet_patterns() -> tuple[SitePattern, ...]:
+    """Site patterns of a diffusers `UNet2DConditionModel` (shared with SDXL)."""
+    layers = (("attn1", "self-attn", ()), ("attn2", "cross-attn", ("to_k", "to_v")), ("ff", "ff", ()))
+    patterns = resnet_patterns()
     for module, kind, kv in layers:
         patterns.append(SitePattern(_UPDOWN + _TB + rf"\.{module}", "{b}-{i}-%s-{j}.{t}" % kind, kind, "{b}", kv))
         patterns.append(SitePattern(r"mid_block" + _TB + rf"\.{module}", "mid-%s-{j}.{t}" % kind, kind, "mid", kv))
@@ -47,6 +52,7 @@ def clip_text_patterns(prefix: str = "text") -> tuple[SitePattern, ...]:
 
 
 _BLOCK = re.compile(r"(.*\.attentions\.\d+)\.transformer_blocks\.(\d+)\.")
+_MID_ATTENTION = re.compile(r"mid_block\.attentions\.\d+")
 
 
 def tidy_unet_names(sites: list[Site]) -> list[Site]:
@@ -59,14 +65,14 @@ def tidy_unet_names(sites: list[Site]) -> list[Site]:
     for site in sites:
         if found := _BLOCK.match(site.path + "."):
             depth[found[1]] = max(depth.get(found[1], 0), int(found[2]) + 1)
-    single_mid = sum(path.startswith("mid_block.") for path in depth) == 1
+    single_mid = len({m[0] for s in sites if (m := _MID_ATTENTION.match(s.path))}) == 1
     tidy, cross = [], 0
     for site in sites:
         name, aliases = site.name, site.aliases
         if found := _BLOCK.match(site.path + "."):
             name = name.rsplit(".", 1)[0] if depth[found[1]] == 1 else name
-            if single_mid and site.block == "mid":
-                name = re.sub(r"-0(?=$|\.)", "", name, count=1)
+        if single_mid and _MID_ATTENTION.match(site.path):
+            name = re.sub(r"-0(?=$|\.)", "", name, count=1)
         if site.kind == "cross-attn":
             aliases, cross = (*aliases, f"cross-attn-{cross}"), cross + 1
         tidy.append(dataclasses.replace(site, name=name, aliases=aliases))
@@ -111,13 +117,14 @@ def unet_meta_call(unet: torch.nn.Module, latent_hw: tuple[int, int] | None = No
     """One forward of a `UNet2DConditionModel` on meta tensors; small spatially by default.
 
     SDXL-style UNets (`addition_embed_type="text_time"`) also get pooled text embeds and time ids.
+    UNets that project the text first (DeepFloyd's `encoder_hid_dim`) get it at the encoder's width.
     """
     config = unet.config
     side = 2 ** len(config.down_block_types)
     height, width = latent_hw or (side, side)
     meta = dict(device="meta")
     sample = torch.zeros(1, config.in_channels, height, width, **meta)
-    context = torch.zeros(1, tokens, config.cross_attention_dim, **meta)
+    context = torch.zeros(1, tokens, config.encoder_hid_dim or config.cross_attention_dim, **meta)
     added = None
     if config.addition_embed_type == "text_time":
         time_ids = 6

@@ -1,4 +1,4 @@
-"""Tiny Stable Diffusion pipelines built from configs with random weights, offline.
+"""Tiny pipelines (SD, SDXL, DeepFloyd IF, PixArt) built from configs with random weights, offline.
 
 The pattern of diffusers' own ``get_dummy_components``: every component is built from a small
 config, the tokenizer from a local vocabulary, so tests and adapter authors never touch a hub.
@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import torch
 from diffusers import (
-    AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel,
+    AutoencoderKL, DDIMScheduler, DDPMScheduler, IFPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline,
+    UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer,
+)
 
 from models.vocab import EOS, build_clip_tokenizer
 
@@ -97,5 +100,47 @@ def dummy_sdxl_pipeline(seed: int = 0, max_length: int = 16, width: int = 32) ->
         text_encoder_2=dummy_text_encoder(tokenizer_2, width, 3, projection=True), tokenizer_2=tokenizer_2,
         force_zeros_for_empty_prompt=True, add_watermarker=False,
     )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def dummy_t5_tokenizer(max_length: int = 77) -> T5Tokenizer:
+    """A T5 (Unigram) tokenizer over `DUMMY_WORDS`, built in code: each word is one piece, and any
+    other text falls back to single characters. No sentencepiece model is needed."""
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [("\u2581" + word, -1.0) for word in DUMMY_WORDS]
+    pieces += [(prefix + char, -5.0) for char in chars for prefix in ("\u2581", "")]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
+
+
+def dummy_t5_encoder(tokenizer: T5Tokenizer, width: int = 32, layers: int = 2) -> T5EncoderModel:
+    """A random T5 v1.1-style encoder (gated-GELU feed-forward) sized for `tokenizer`."""
+    config = T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=width * 2, num_layers=layers,
+                      num_heads=4, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return T5EncoderModel(config).eval()
+
+
+def dummy_if_pipeline(seed: int = 0, width: int = 32, text_layers: int = 2) -> IFPipeline:
+    """A random-weight DeepFloyd IF stage I pipeline (diffusers' own IF test components, our
+    tokenizer): 16 px images; a resnet down block, a SimpleCrossAttn down block, the SimpleCrossAttn
+    mid block, a SimpleCrossAttn and a resnet up block: 4 cross-attention layers (1 down, 1 mid, 2 up)."""
+    torch.manual_seed(seed)
+    tokenizer = dummy_t5_tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=16, layers_per_block=1, block_out_channels=(width, width * 2), in_channels=3, out_channels=6,
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        cross_attention_dim=width, encoder_hid_dim=width, attention_head_dim=8, addition_embed_type="text",
+        addition_embed_type_num_heads=2, cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift",
+        act_fn="gelu", norm_num_groups=8,
+    )
+    scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", thresholding=True, dynamic_thresholding_ratio=0.95,
+                              sample_max_value=1.5, prediction_type="epsilon", variance_type="learned_range")
+    pipe = IFPipeline(tokenizer=tokenizer, text_encoder=dummy_t5_encoder(tokenizer, width, text_layers),
+                      unet=unet.eval(), scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                      watermarker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -33,3 +33,17 @@ SDXL_TEXT_G = {  # OpenCLIP ViT-bigG/14 text tower, with projection
     "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20,
     "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "gelu", "projection_dim": 1280,
 }
+IF_I_XL_UNET = {  # DeepFloyd IF-I-XL-v1.0 stage I UNet (pixel space, 64 px)
+    "act_fn": "gelu", "addition_embed_type": "text", "addition_embed_type_num_heads": 64, "attention_head_dim": 64,
+    "block_out_channels": [512, 1024, 1536, 2048], "cross_attention_dim": 4096, "cross_attention_norm": "group_norm",
+    "down_block_types": ["ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D",
+                         "SimpleCrossAttnDownBlock2D"],
+    "encoder_hid_dim": 4096, "in_channels": 3, "layers_per_block": 3, "mid_block_type": "UNetMidBlock2DSimpleCrossAttn",
+    "out_channels": 6, "resnet_time_scale_shift": "scale_shift", "sample_size": 64,
+    "up_block_types": ["SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D",
+                       "ResnetUpsampleBlock2D"],
+}
+T5_V11_XXL = {  # google/t5-v1_1-xxl encoder (DeepFloyd IF, PixArt, SD3)
+    "d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_heads": 64, "num_layers": 24, "vocab_size": 32128,
+    "feed_forward_proj": "gated-gelu", "relative_attention_num_buckets": 32, "tie_word_embeddings": False,
+}
