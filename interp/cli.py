@@ -113,7 +113,7 @@ def demo(
 
     loaded, scorer = _load(model), _scorer(clip)
     data = out.with_name(f"{out.stem}_data")
-    results = run_demo(loaded, scorer, steps, tuple(range(seeds)), _judge(model), deltas=data)
+    results = run_demo(loaded, scorer, steps, tuple(range(seeds)), _judge(model))
     results.save(data)
     build_report(results, model).write(out)
     typer.echo(f"wrote {out} (data and edit deltas in {data}/)")

@@ -57,7 +57,7 @@ def test_demo_writes_report_data_and_deltas(demo_report):
     data = demo_report.parent / "report_data"
     assert demo_report.stat().st_size > 1_000_000  # plotly.js is inlined
     assert (data / "trace-unet-style" / "result.json").is_file() and (data / "locogen-style" / "result.json").is_file()
-    assert (data / "diffquickfix.safetensors").is_file() and (data / "locoedit.safetensors").is_file()
+    assert (data / "DiffQuickFix.safetensors").is_file() and (data / "LoCoEdit.safetensors").is_file()
 
 
 def test_demo_missing_model_folder_exit_2(tmp_path):

@@ -1,8 +1,8 @@
 """The main job: trace, localize and edit one model, save every result as data, write the report.
 
 `run_demo` runs the recipes (both causal traces for one prompt per attribute, LoCoGen for style,
-DiffQuickFix and LoCoEdit removing one style, judged before/after); `DemoResults.save` writes them
-as JSON + PNG (and the edits as safetensors deltas) so `build_report(DemoResults.load(folder))`
+DiffQuickFix and LoCoEdit removing one style, judged before/after); `DemoResults.save` writes the
+results as JSON + PNG and the edits as safetensors deltas, so `build_report(DemoResults.load(folder))`
 redraws the report without re-running anything.
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from interp.editing import Edit
 from interp.errors import ResultFormatError
 from interp.model import Model
 from interp.scoring import CLIPScore
@@ -51,6 +52,7 @@ class DemoResults:
     text: dict[str, TraceResult]
     locogen: dict[str, LocalizeResult]
     edits: EditComparison
+    deltas: dict[str, Edit]  # name -> the edit compared in `edits`
 
     def save(self, folder: str | Path) -> Path:
         """Every result under `folder` (JSON + PNG), with `demo.json` listing the attributes in order."""
@@ -63,6 +65,8 @@ class DemoResults:
         for attribute, result in self.locogen.items():
             result.save(folder / f"locogen-{attribute}")
         self.edits.save(folder / "edits")
+        for name, edit in self.deltas.items():
+            edit.save(folder / f"{name}.safetensors")
         return folder
 
     @classmethod
@@ -72,11 +76,13 @@ class DemoResults:
         if not (folder / INDEX).is_file():
             raise ResultFormatError(f"{folder / INDEX} does not exist; pass the data folder `interp demo` wrote")
         index = json.loads((folder / INDEX).read_text())
+        comparison = EditComparison.load(folder / "edits")
         return cls(
             {a: TraceResult.load(folder / f"trace-unet-{a}") for a in index["attributes"]},
             {a: TraceResult.load(folder / f"trace-text-{a}") for a in index["attributes"]},
             {a: LocalizeResult.load(folder / f"locogen-{a}") for a in index["localized"]},
-            EditComparison.load(folder / "edits"),
+            comparison,
+            {name: Edit.load(folder / f"{name}.safetensors") for name in comparison.edits[1:]},
         )
 
 
@@ -86,10 +92,9 @@ def run_demo(
     steps: int = 10,
     seeds: Sequence[int] = (0,),
     judge: Judge | None = None,
-    deltas: str | Path | None = None,
     progress: bool = True,
 ) -> DemoResults:
-    """Run every recipe of the report on `model`; with `deltas`, also save both edits there."""
+    """Run every recipe of the report on `model`; `judge` (the tiny model's) adds hit rates."""
     stages = tqdm(total=2 * len(PROMPTS) + 3, desc="demo", disable=not progress, position=0)
     unet, text = {}, {}
     common = dict(seeds=seeds, steps=steps, scorer=scorer, progress=progress)
@@ -106,16 +111,12 @@ def run_demo(
     stages.set_description("edits: DiffQuickFix, LoCoEdit")
     edits = {"DiffQuickFix": diffquickfix.edit(model, OLD, NEW),
              "LoCoEdit": locoedit.edit(model, OLD, NEW, layers=style.best_sites)}
-    if deltas is not None:
-        Path(deltas).mkdir(parents=True, exist_ok=True)
-        for name, edit in edits.items():
-            edit.save(Path(deltas) / f"{name.lower()}.safetensors")
     stages.update()
     stages.set_description("before / after")
     comparison = compare_edits(model, edits, COMPARISON, scorer, seeds[0], steps, judge=judge, watch=("style", OLD))
     stages.update()
     stages.close()
-    return DemoResults(unet, text, {"style": style}, comparison)
+    return DemoResults(unet, text, {"style": style}, comparison, edits)
 
 
 def _summary_rows(results: DemoResults) -> list[list[object]]:
@@ -135,7 +136,8 @@ def build_report(results: DemoResults, model_name: str = "") -> Report:
     first = next(iter(results.unet.values()))
     report = Report(f"Where {model_name or 'the model'} keeps style, object and color",
                     f"{first.settings['steps']} denoising steps · {len(first.units)} seed(s) per prompt · "
-                    f"noise {first.settings['noise']} x embedding std · CLIP-score with the scorer given")
+                    f"noise {first.settings['noise']} x the subject embeddings' std · scores: CLIP-score of "
+                    "each image against its prompt")
     report.heading("Summary").table(
         ["attribute", "subject", "clean CLIP", "corrupted CLIP", "top UNet site (IE)", "top text state (IE)"],
         _summary_rows(results))
@@ -153,6 +155,8 @@ def build_report(results: DemoResults, model_name: str = "") -> Report:
     report.heading("LoCoGen").text(
         "A window of m consecutive cross-attention layers sees the target prompt instead of the original; "
         "the window whose swap lowers the attribute's CLIP-score most is where it is controlled.")
+    for attribute, result in results.locogen.items():
+        report.text(f"{attribute}: chosen window {', '.join(result.best_sites)} (m = {result.m}).")
     report.figure(locogen_curve(results.locogen))
     comparison = results.edits
     report.heading("Editing").text(
