@@ -17,7 +17,8 @@ from interp.errors import UnsupportedModelError
 from interp.sites import Event, Site, SitePattern, forward_events, meta_twin, name_sites
 
 ADAPTERS: dict[str, type["Adapter"]] = {}
-FAMILY_MODULES = ("models.sd", "models.sdxl", "models.deepfloyd")  # imported on first lookup; each registers its adapters
+# imported on first lookup; each registers its adapters
+FAMILY_MODULES = ("models.sd", "models.sdxl", "models.deepfloyd", "models.pixart")
 
 
 def register(*pipeline_classes: str) -> Callable[[type["Adapter"]], type["Adapter"]]:

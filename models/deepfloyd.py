@@ -13,14 +13,14 @@ stochastic DDPM scheduler (the runner's per-row generators make it reproducible)
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from interp.sites import Site, SitePattern
 from models.base import register
-from models.sd import StableDiffusionAdapter, resnet_patterns, unet_meta_call
-from models.t5 import encode_t5, t5_meta_forward, t5_prompt, t5_text_patterns
+from models.sd import resnet_patterns
+from models.t5 import T5Adapter, t5_text_patterns
 
 
 def simple_cross_attn_patterns() -> tuple[SitePattern, ...]:
@@ -35,26 +35,12 @@ def simple_cross_attn_patterns() -> tuple[SitePattern, ...]:
 
 
 @register("IFPipeline")
-class DeepFloydIFAdapter(StableDiffusionAdapter):
+class DeepFloydIFAdapter(T5Adapter):
     """IF stage I (`IFPipeline`): T5 prompt embeddings, pixel-space UNet."""
 
     family = "deepfloyd"
     patterns = {"text_encoder": t5_text_patterns(), "unet": simple_cross_attn_patterns()}
     max_length = 77  # `IFPipeline.encode_prompt` fixes it, whatever the tokenizer says
-
-    def meta_forward(
-        self, component: str, twin: torch.nn.Module, latent_hw: tuple[int, int] | None = None
-    ) -> Callable[[torch.nn.Module], object]:
-        if component == self.denoiser:
-            return lambda unet: unet_meta_call(unet, latent_hw)
-        return t5_meta_forward()
-
-    def preprocess(self, prompt: str) -> str:
-        return t5_prompt(prompt)
-
-    def encode(self, pipe: Any, input_ids: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        embeds, _ = encode_t5(pipe.text_encoder, input_ids[0], pipe.tokenizer.pad_token_id)
-        return {"prompt_embeds": embeds}
 
     def kv_input(self, pipe: Any, site: Site, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         unet = pipe.unet
@@ -63,9 +49,6 @@ class DeepFloydIFAdapter(StableDiffusionAdapter):
             context = unet.encoder_hid_proj(context)
         attention = unet.get_submodule(site.path)
         return attention.norm_encoder_hidden_states(context) if attention.norm_cross is not None else context
-
-    def latent_shape(self, pipe: Any, height: int, width: int) -> tuple[int, int, int]:
-        return pipe.unet.config.in_channels, height, width
 
     def postprocess(self, images: torch.Tensor) -> torch.Tensor:
         return (images / 2 + 0.5).clamp(0, 1)  # what the pipeline does for PIL and numpy output

@@ -109,8 +109,8 @@ class StableDiffusionAdapter(Adapter):
         return {f"negative_{key}": value for key, value in encode_empty().items()}
 
     def latent_shape(self, pipe: Any, height: int, width: int) -> tuple[int, int, int]:
-        scale = pipe.vae_scale_factor
-        return pipe.unet.config.in_channels, height // scale, width // scale
+        scale = getattr(pipe, "vae_scale_factor", 1)  # pixel-space pipelines (DeepFloyd IF) have no VAE
+        return getattr(pipe, self.denoiser).config.in_channels, height // scale, width // scale
 
 
 def unet_meta_call(unet: torch.nn.Module, latent_hw: tuple[int, int] | None = None, tokens: int = 77) -> object:

@@ -3,17 +3,18 @@
 Sites mirror the CLIP ones in `models.sd`: `text-embed` (the token embedding), `text-self-attn-N`
 (the attention output of block N before its residual add), `text-mlp-N` (the gated feed-forward
 output before its residual add), `text-hidden-N` (block N's output). T5 is bidirectional and masks
-padding with the tokenizer's attention mask, which the pipelines pass; `encode_t5` rebuilds that
-mask from the padded ids (every position that is not the pad id), so it matches bit for bit.
+padding with the tokenizer's attention mask, which the pipelines pass; `T5Adapter.encode` rebuilds
+that mask from the padded ids (every position that is not the pad id), so it matches bit for bit.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 
 from interp.sites import SitePattern
+from models.sd import StableDiffusionAdapter
 
 
 def t5_text_patterns(prefix: str = "text") -> tuple[SitePattern, ...]:
@@ -28,19 +29,28 @@ def t5_text_patterns(prefix: str = "text") -> tuple[SitePattern, ...]:
     )
 
 
-def t5_meta_forward(tokens: int = 8) -> Callable[[torch.nn.Module], object]:
-    """One forward of a T5 encoder on meta token ids (site order does not depend on the length)."""
-    return lambda text: text(torch.zeros(1, tokens, dtype=torch.long, device="meta"))
+class T5Adapter(StableDiffusionAdapter):
+    """Pipelines with one T5 encoder whose `encode_prompt` lowercases and strips the prompt (the
+    `clean_caption=False` path), pads it to a fixed `max_length` and masks the padding.
 
+    `mask_kwarg` names the pipeline kwarg that also takes the mask (PixArt), if any.
+    """
 
-def encode_t5(encoder: Any, ids: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(last hidden state in the encoder's dtype, attention mask) as the T5 pipelines compute them."""
-    ids = ids.to(encoder.device)
-    mask = (ids != pad_id).long()
-    embeds = encoder(ids, attention_mask=mask)[0]
-    return embeds.to(dtype=encoder.dtype), mask
+    mask_kwarg: ClassVar[str | None] = None
 
+    def meta_forward(
+        self, component: str, twin: torch.nn.Module, latent_hw: tuple[int, int] | None = None
+    ) -> Callable[[torch.nn.Module], object]:
+        if component == self.denoiser:
+            return super().meta_forward(component, twin, latent_hw)
+        return lambda text: text(torch.zeros(1, 8, dtype=torch.long, device="meta"))  # order is length-free
 
-def t5_prompt(prompt: str) -> str:
-    """The text IF and PixArt tokenize: their `_text_preprocessing` with `clean_caption=False`."""
-    return prompt.lower().strip()
+    def preprocess(self, prompt: str) -> str:
+        return prompt.lower().strip()
+
+    def encode(self, pipe: Any, input_ids: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        encoder = pipe.text_encoder
+        ids = input_ids[0].to(encoder.device)
+        mask = (ids != pipe.tokenizer.pad_token_id).long()
+        embeds = encoder(ids, attention_mask=mask)[0].to(dtype=encoder.dtype)
+        return {"prompt_embeds": embeds, **({self.mask_kwarg: mask} if self.mask_kwarg else {})}

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 from diffusers import (
-    AutoencoderKL, DDIMScheduler, DDPMScheduler, IFPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline,
-    UNet2DConditionModel,
+    AutoencoderKL, DDIMScheduler, DDPMScheduler, IFPipeline, PixArtAlphaPipeline, PixArtTransformer2DModel,
+    StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel,
 )
 from transformers import (
     CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer,
@@ -142,5 +142,21 @@ def dummy_if_pipeline(seed: int = 0, width: int = 32, text_layers: int = 2) -> I
     pipe = IFPipeline(tokenizer=tokenizer, text_encoder=dummy_t5_encoder(tokenizer, width, text_layers),
                       unet=unet.eval(), scheduler=scheduler, safety_checker=None, feature_extractor=None,
                       watermarker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def dummy_pixart_pipeline(seed: int = 0, width: int = 32, text_layers: int = 2) -> PixArtAlphaPipeline:
+    """A random-weight PixArt-alpha pipeline (diffusers' own PixArt test transformer, our T5 and
+    tokenizer): 16 px images, 8x8 latents in 2x2 patches, 2 transformer blocks."""
+    torch.manual_seed(seed)
+    tokenizer = dummy_t5_tokenizer(max_length=120)
+    transformer = PixArtTransformer2DModel(
+        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=width,
+        in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+    )
+    pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=dummy_t5_encoder(tokenizer, width, text_layers),
+                               vae=dummy_vae(), transformer=transformer.eval(), scheduler=dummy_scheduler())
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -47,3 +47,9 @@ T5_V11_XXL = {  # google/t5-v1_1-xxl encoder (DeepFloyd IF, PixArt, SD3)
     "d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_heads": 64, "num_layers": 24, "vocab_size": 32128,
     "feed_forward_proj": "gated-gelu", "relative_attention_num_buckets": 32, "tie_word_embeddings": False,
 }
+PIXART_XL_2_1024 = {  # PixArt-alpha/PixArt-XL-2-1024-MS transformer
+    "activation_fn": "gelu-approximate", "attention_bias": True, "attention_head_dim": 72, "caption_channels": 4096,
+    "cross_attention_dim": 1152, "in_channels": 4, "norm_elementwise_affine": False, "norm_eps": 1e-06,
+    "norm_type": "ada_norm_single", "num_attention_heads": 16, "num_embeds_ada_norm": 1000, "num_layers": 28,
+    "out_channels": 8, "patch_size": 2, "sample_size": 128,
+}
