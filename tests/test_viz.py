@@ -95,7 +95,7 @@ def test_text_encoder_grid_one_panel_per_kind_with_token_strings():
     result = text_result()
     figure = text_encoder_grid(result)
     assert [t.name for t in figure.data] == ["text-self-attn", "text-mlp", "text-hidden"]
-    assert list(figure.data[1].x) == TOKENS and list(figure.data[1].y) == ["layer 0", "layer 1"]
+    assert list(figure.data[1].x) == ["0:BOS", *TOKENS[1:-1], "5:EOS"] and list(figure.data[1].y) == ["layer 0", "layer 1"]
     np.testing.assert_allclose(figure.data[1].z, result.ie[[1, 4]])
     assert figure.layout.coloraxis.cmax == pytest.approx(np.abs(result.ie).max())
 

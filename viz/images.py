@@ -48,8 +48,8 @@ def image_grid(rows: Sequence[Sequence[Cell]], row_titles: Sequence[str], title:
     figure.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     figure.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     figure.update_annotations(font_size=11)
-    figure = styled(figure, title, height=len(rows) * (CELL_PX + 60) + 100)
-    figure.update_layout(width=max(520, columns * CELL_PX + 140))
+    figure = styled(figure, title, height=len(rows) * (CELL_PX + 60) + 130)
+    figure.update_layout(width=max(520, columns * CELL_PX + 140), margin_t=130)
     return figure
 
 

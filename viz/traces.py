@@ -24,6 +24,15 @@ TEXT_SITE = re.compile(r"^(?P<encoder>text\d*)-(?P<kind>embed|self-attn|mlp|hidd
 UNET_ROWS = ("resnet", "self-attn", "cross-attn", "ff")
 UNET_SITE = re.compile(r"^(?P<block>[^+]+?)-(?P<kind>resnet|self-attn|cross-attn|ff)(?:[-.](?P<index>[\d.]+))?$")
 VALUE_TITLES = {"ie": "IE", "normalized_ie": "normalised IE"}
+SPECIAL_TOKENS = {"<|startoftext|>": "BOS", "<|endoftext|>": "EOS"}  # CLIP's, shortened on the axis
+
+
+def token_label(token: object) -> str:
+    """A token axis label as shown: CLIP's special tokens shortened to BOS / EOS."""
+    label = str(token)
+    for special, short in SPECIAL_TOKENS.items():
+        label = label.replace(special, short)
+    return label
 
 
 def _values(result: TraceResult, value: Value) -> np.ndarray:
@@ -51,7 +60,7 @@ def text_encoder_grid(result: TraceResult, value: Value = "ie", title: str = "Te
         if found is None:
             raise ValueError(f"{name!r} is not a text-encoder site name (<encoder>-<kind>-<layer>)")
         panels.setdefault(f"{found['encoder']}-{found['kind']}", []).append((found["layer"] or "embed", row))
-    tokens = [str(t) for t in result.coords["token"]]
+    tokens = [token_label(t) for t in result.coords["token"]]
     figure = make_subplots(rows=1, cols=len(panels), subplot_titles=list(panels), shared_yaxes=True,
                            horizontal_spacing=0.04)
     for col, (panel, rows) in enumerate(panels.items(), start=1):
