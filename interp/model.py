@@ -87,7 +87,7 @@ class Model:
     # tokens ---------------------------------------------------------------------------------
     @property
     def max_length(self) -> int:
-        return self.adapter.max_length or self.tokenizer.model_max_length
+        return self.adapter.token_length(self.pipe)
 
     def token_ids(self, prompts: list[str], tokenizer_index: int = 0) -> torch.Tensor:
         """Padded ids exactly as the pipeline tokenizes prompts (its text preprocessing, max length,
@@ -95,7 +95,7 @@ class Model:
         tokenizer = self.tokenizers[tokenizer_index]
         return tokenizer(
             [self.adapter.preprocess(p) for p in prompts], padding="max_length",
-            max_length=self.adapter.max_length or tokenizer.model_max_length, truncation=True, return_tensors="pt",
+            max_length=self.adapter.token_length(self.pipe, tokenizer_index), truncation=True, return_tensors="pt",
         ).input_ids
 
     def tokens(self, prompt: str) -> list[str]:

@@ -18,7 +18,7 @@ from interp.sites import Event, Site, SitePattern, forward_events, meta_twin, na
 
 ADAPTERS: dict[str, type["Adapter"]] = {}
 # imported on first lookup; each registers its adapters
-FAMILY_MODULES = ("models.sd", "models.sdxl", "models.deepfloyd", "models.pixart")
+FAMILY_MODULES = ("models.sd", "models.sdxl", "models.deepfloyd", "models.pixart", "models.sd3")
 
 
 def register(*pipeline_classes: str) -> Callable[[type["Adapter"]], type["Adapter"]]:
@@ -55,7 +55,7 @@ class Adapter(ABC):
     text_encoders: ClassVar[tuple[str, ...]]
     tokenizers: ClassVar[tuple[str, ...]]
     patterns: ClassVar[dict[str, tuple[SitePattern, ...]]]
-    max_length: ClassVar[int | None] = None  # padded prompt length where the pipeline fixes it (T5: 77, 120)
+    max_lengths: ClassVar[tuple[int | None, ...]] = ()  # per tokenizer, where the pipeline fixes the length
 
     def components(self, pipe: Any) -> dict[str, torch.nn.Module]:
         """Component name -> module, text encoders first (their forward comes first)."""
@@ -102,6 +102,12 @@ class Adapter(ABC):
         """The pipeline's default (height, width) in pixels (pixel-space pipelines have no VAE)."""
         size = getattr(pipe, self.denoiser).config.sample_size * getattr(pipe, "vae_scale_factor", 1)
         return size, size
+
+    def token_length(self, pipe: Any, index: int = 0) -> int:
+        """The length tokenizer `index`'s prompts are padded to: fixed by the pipeline (`max_lengths`; IF 77,
+        PixArt 120, SD3's T5 256) or the tokenizer's `model_max_length`."""
+        fixed = self.max_lengths[index] if index < len(self.max_lengths) else None
+        return fixed or getattr(pipe, self.tokenizers[index]).model_max_length
 
     def preprocess(self, prompt: str) -> str:
         """The prompt text the pipeline tokenizes (T5 pipelines lowercase and strip it)."""

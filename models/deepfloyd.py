@@ -40,7 +40,7 @@ class DeepFloydIFAdapter(T5Adapter):
 
     family = "deepfloyd"
     patterns = {"text_encoder": t5_text_patterns(), "unet": simple_cross_attn_patterns()}
-    max_length = 77  # `IFPipeline.encode_prompt` fixes it, whatever the tokenizer says
+    max_lengths = (77,)  # `IFPipeline.encode_prompt` fixes it, whatever the tokenizer says
 
     def kv_input(self, pipe: Any, site: Site, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         unet = pipe.unet

@@ -55,7 +55,7 @@ class PixArtAlphaAdapter(T5Adapter):
     family = "pixart"
     denoiser = "transformer"
     patterns = {"text_encoder": t5_text_patterns(), "transformer": dit_patterns()}
-    max_length = 120  # the pipeline's default `max_sequence_length`
+    max_lengths = (120,)  # the pipeline's default `max_sequence_length`
     mask_kwarg = "prompt_attention_mask"
 
     def meta_forward(

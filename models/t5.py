@@ -29,9 +29,14 @@ def t5_text_patterns(prefix: str = "text") -> tuple[SitePattern, ...]:
     )
 
 
+def t5_meta_call(text: torch.nn.Module) -> object:
+    """One forward of a T5 encoder on meta token ids (site order does not depend on the length)."""
+    return text(torch.zeros(1, 8, dtype=torch.long, device="meta"))
+
+
 class T5Adapter(StableDiffusionAdapter):
     """Pipelines with one T5 encoder whose `encode_prompt` lowercases and strips the prompt (the
-    `clean_caption=False` path), pads it to a fixed `max_length` and masks the padding.
+    `clean_caption=False` path), pads it to a fixed length (`max_lengths`) and masks the padding.
 
     `mask_kwarg` names the pipeline kwarg that also takes the mask (PixArt), if any.
     """
@@ -43,7 +48,7 @@ class T5Adapter(StableDiffusionAdapter):
     ) -> Callable[[torch.nn.Module], object]:
         if component == self.denoiser:
             return super().meta_forward(component, twin, latent_hw)
-        return lambda text: text(torch.zeros(1, 8, dtype=torch.long, device="meta"))  # order is length-free
+        return t5_meta_call
 
     def preprocess(self, prompt: str) -> str:
         return prompt.lower().strip()

@@ -1,4 +1,4 @@
-"""Tiny pipelines (SD, SDXL, DeepFloyd IF, PixArt) built from configs with random weights, offline.
+"""Tiny pipelines (SD, SDXL, DeepFloyd IF, PixArt, SD3) built from configs with random weights, offline.
 
 The pattern of diffusers' own ``get_dummy_components``: every component is built from a small
 config, the tokenizer from a local vocabulary, so tests and adapter authors never touch a hub.
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch
 from diffusers import (
-    AutoencoderKL, DDIMScheduler, DDPMScheduler, IFPipeline, PixArtAlphaPipeline, PixArtTransformer2DModel,
-    StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel,
+    AutoencoderKL, DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler, IFPipeline, PixArtAlphaPipeline,
+    PixArtTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline,
+    StableDiffusionXLPipeline, UNet2DConditionModel,
 )
 from transformers import (
     CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer,
@@ -40,11 +41,12 @@ def dummy_text_encoder(
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
-def dummy_vae() -> AutoencoderKL:
-    """A 2x-downsampling VAE: 16 px images, 8x8 latents."""
+def dummy_vae(**config: float) -> AutoencoderKL:
+    """A 2x-downsampling VAE: 16 px images, 8x8 latents (`config`: e.g. SD3's shift and scaling factors)."""
     return AutoencoderKL(
         block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
+        **config,
     ).eval()
 
 
@@ -158,5 +160,27 @@ def dummy_pixart_pipeline(seed: int = 0, width: int = 32, text_layers: int = 2) 
     )
     pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=dummy_t5_encoder(tokenizer, width, text_layers),
                                vae=dummy_vae(), transformer=transformer.eval(), scheduler=dummy_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def dummy_sd3_pipeline(seed: int = 0, width: int = 32) -> StableDiffusion3Pipeline:
+    """A random-weight SD3 pipeline (diffusers' own SD3 test transformer, our encoders and tokenizers):
+    two CLIP encoders with projections, a T5 twice as wide (their concatenation's width), 16 px
+    images, 2 joint blocks (the last without a text feed-forward)."""
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2, tokenizer_3 = dummy_tokenizer(), dummy_tokenizer(pad_token="!"), dummy_t5_tokenizer()
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, caption_projection_dim=width, joint_attention_dim=2 * width,
+        pooled_projection_dim=2 * width, pos_embed_max_size=8,
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=dummy_vae(shift_factor=0.0609, scaling_factor=1.5035),
+        text_encoder=dummy_text_encoder(tokenizer, width, 2, projection=True), tokenizer=tokenizer,
+        text_encoder_2=dummy_text_encoder(tokenizer_2, width, 2, projection=True), tokenizer_2=tokenizer_2,
+        text_encoder_3=dummy_t5_encoder(tokenizer_3, 2 * width), tokenizer_3=tokenizer_3,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -53,3 +53,8 @@ PIXART_XL_2_1024 = {  # PixArt-alpha/PixArt-XL-2-1024-MS transformer
     "norm_type": "ada_norm_single", "num_attention_heads": 16, "num_embeds_ada_norm": 1000, "num_layers": 28,
     "out_channels": 8, "patch_size": 2, "sample_size": 128,
 }
+SD3_MEDIUM_TRANSFORMER = {  # stabilityai/stable-diffusion-3-medium-diffusers transformer (MMDiT)
+    "attention_head_dim": 64, "caption_projection_dim": 1536, "in_channels": 16, "joint_attention_dim": 4096,
+    "num_attention_heads": 24, "num_layers": 24, "out_channels": 16, "patch_size": 2, "pooled_projection_dim": 2048,
+    "pos_embed_max_size": 192, "sample_size": 128,
+}

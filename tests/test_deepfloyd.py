@@ -1,10 +1,12 @@
 """DeepFloyd IF stage I adapter: full-size site layout on the meta device, exactness of a reduced model."""
 
+import pytest
 import torch
 from diffusers import IFPipeline, UNet2DConditionModel
 from transformers import T5Config, T5EncoderModel
 
 import interp
+from interp.errors import UnsupportedModelError
 from interp.graph import Graph, Noise, Restore, Run, Swap
 from interp.runner import run
 from models.testing import dummy_if_pipeline, dummy_t5_tokenizer
@@ -59,3 +61,12 @@ def test_if_no_operations_reproduce_the_pipeline_and_restore_everything():
     assert (images["corrupted"] - clean).abs().max() > 1e-3
     assert (images["restored"] - clean).abs().max() <= 1e-5
     assert (images["swapped"] - clean).abs().max() > 1e-4
+
+
+def test_unsupported_pipeline_points_to_the_guide():
+    class KandinskyPipeline:
+        pass
+
+    with pytest.raises(UnsupportedModelError, match="docs/adding_an_architecture.md") as info:
+        interp.load(KandinskyPipeline())
+    assert "IFPipeline" in str(info.value) and "PixArtAlphaPipeline" in str(info.value)

@@ -1,0 +1,116 @@
+"""Stable Diffusion 3: CLIP-L, OpenCLIP bigG and T5 text encoders and an MMDiT (`SD3Transformer2DModel`).
+
+Text sites per encoder: `text-*` (CLIP-L), `text2-*` (bigG), `text3-*` (T5). Each joint block N
+carries two streams, image and text (`site.block`): `block-N-attn` (the joint attention's image
+output; image queries read text keys/values through `add_k_proj`/`add_v_proj`, its key/value
+projections; LoCoGen index `cross-attn-N`), `block-N-self-attn` (SD3.5's second, image-only
+attention, where present), `block-N-ff` (image), `block-N-text-ff` and `block-N-text` (the text
+stream's feed-forward and block output; the last block updates no text stream). The image stream's
+block output is the second element of a block's output tuple, which sites do not address yet.
+
+Prompts are encoded as `StableDiffusion3Pipeline.encode_prompt` does without clip skip: both CLIP
+encoders' penultimate states, concatenated and zero-padded to T5's width, then T5's states (256
+tokens, unmasked) appended along the sequence; the CLIP pooled outputs concatenated.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from interp.errors import GraphValidationError, UnsupportedModelError
+from interp.sites import Site, SitePattern
+from models.base import register
+from models.sd import StableDiffusionAdapter, clip_text_patterns
+from models.t5 import t5_meta_call, t5_text_patterns
+
+_BLOCK = r"transformer_blocks\.(?P<n>\d+)"
+
+
+def mmdit_patterns() -> tuple[SitePattern, ...]:
+    """Site patterns of the joint blocks of an `SD3Transformer2DModel`."""
+    return (
+        SitePattern(_BLOCK + r"\.attn", "block-{n}-attn", "cross-attn", "image", ("add_k_proj", "add_v_proj")),
+        SitePattern(_BLOCK + r"\.attn2", "block-{n}-self-attn", "self-attn", "image"),
+        SitePattern(_BLOCK + r"\.ff", "block-{n}-ff", "ff", "image"),
+        SitePattern(_BLOCK + r"\.ff_context", "block-{n}-text-ff", "ff", "text"),
+        SitePattern(_BLOCK, "block-{n}-text", "block", "text"),
+    )
+
+
+def sd3_meta_call(transformer: torch.nn.Module, latent_hw: tuple[int, int] | None = None, tokens: int = 8) -> object:
+    """One forward of an `SD3Transformer2DModel` on meta tensors, at its sample size by default."""
+    config = transformer.config
+    height, width = latent_hw or (config.sample_size, config.sample_size)
+    meta = dict(device="meta")
+    return transformer(
+        torch.zeros(1, config.in_channels, height, width, **meta),
+        encoder_hidden_states=torch.zeros(1, tokens, config.joint_attention_dim, **meta),
+        pooled_projections=torch.zeros(1, config.pooled_projection_dim, **meta),
+        timestep=torch.zeros(1, **meta),
+    )
+
+
+def _block_index(site: Site) -> int:
+    return int(re.match(r"transformer_blocks\.(\d+)", site.path)[1])
+
+
+@register("StableDiffusion3Pipeline")
+class StableDiffusion3Adapter(StableDiffusionAdapter):
+    """SD3 / SD3.5 (`StableDiffusion3Pipeline`) with all three text encoders."""
+
+    family = "sd3"
+    denoiser = "transformer"
+    text_encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    tokenizers = ("tokenizer", "tokenizer_2", "tokenizer_3")
+    patterns = {
+        "text_encoder": clip_text_patterns("text"),
+        "text_encoder_2": clip_text_patterns("text2"),
+        "text_encoder_3": t5_text_patterns("text3"),
+        "transformer": mmdit_patterns(),
+    }
+    max_lengths = (None, None, 256)  # the pipeline's default `max_sequence_length` for T5
+
+    def components(self, pipe: Any) -> dict[str, torch.nn.Module]:
+        if pipe.text_encoder_3 is None:
+            raise UnsupportedModelError("this SD3 pipeline has no T5 encoder (text_encoder_3=None); load it with T5")
+        return super().components(pipe)
+
+    def finish_names(self, component: str, sites: list[Site]) -> list[Site]:
+        if component != self.denoiser:
+            return sites
+        # a block without a text feed-forward (the last, `context_pre_only`) outputs no text stream
+        with_text_ff = {_block_index(s) for s in sites if s.name.endswith("-text-ff")}
+        kept = [s for s in sites if s.kind != "block" or _block_index(s) in with_text_ff]
+        return super().finish_names(component, kept)  # LoCoGen's cross-attn-N alias on the joint attention
+
+    def meta_forward(
+        self, component: str, twin: torch.nn.Module, latent_hw: tuple[int, int] | None = None
+    ) -> Callable[[torch.nn.Module], object]:
+        if component == self.denoiser:
+            return lambda transformer: sd3_meta_call(transformer, latent_hw)
+        if component == "text_encoder_3":
+            return t5_meta_call
+        return super().meta_forward(component, twin, latent_hw)
+
+    def encode(self, pipe: Any, input_ids: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        hidden, pooled = [], []
+        for encoder, ids in zip((pipe.text_encoder, pipe.text_encoder_2), input_ids):
+            out = encoder(ids.to(encoder.device), output_hidden_states=True)
+            pooled.append(out[0])
+            hidden.append(out.hidden_states[-2].to(dtype=pipe.text_encoder.dtype))
+        t5 = pipe.text_encoder_3
+        t5_embeds = t5(input_ids[2].to(t5.device))[0].to(dtype=t5.dtype)
+        clip = torch.cat(hidden, dim=-1)
+        clip = F.pad(clip, (0, t5_embeds.shape[-1] - clip.shape[-1]))
+        return {"prompt_embeds": torch.cat([clip, t5_embeds], dim=-2), "pooled_prompt_embeds": torch.cat(pooled, -1)}
+
+    def kv_input(self, pipe: Any, site: Site, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise GraphValidationError(
+            f"Swap on {site.name}: SD3's joint attention reads each block's own text stream, which depends on "
+            "the step and the image, so it cannot be computed from the other prompt alone; swap is not "
+            "supported for MMDiT models yet (use Restore or Set on text sites)"
+        )

@@ -1,0 +1,62 @@
+"""SD3 adapter: full-size site layout on the meta device, exactness of a reduced model."""
+
+import pytest
+import torch
+from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+import interp
+from interp.errors import GraphValidationError
+from interp.graph import Graph, Noise, Restore, Run, Swap
+from interp.runner import run
+from models.testing import dummy_sd3_pipeline, dummy_t5_tokenizer, dummy_tokenizer
+from tests.configs import SD3_MEDIUM_TRANSFORMER, SD15_TEXT, SDXL_TEXT_G, T5_V11_XXL
+from tests.conftest import PROMPT
+
+RUN = dict(seed=1, steps=2, guidance_scale=5.0)
+
+
+def test_sd3_full_size_sites_on_meta():
+    with torch.device("meta"):
+        transformer = SD3Transformer2DModel.from_config(SD3_MEDIUM_TRANSFORMER)
+        text = CLIPTextModelWithProjection(CLIPTextConfig(**SD15_TEXT))
+        text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_G))
+        text_3 = T5EncoderModel(T5Config(**T5_V11_XXL))
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=None, vae=None, text_encoder=text,
+                                    tokenizer=dummy_tokenizer(), text_encoder_2=text_2,
+                                    tokenizer_2=dummy_tokenizer(pad_token="!"), text_encoder_3=text_3,
+                                    tokenizer_3=dummy_t5_tokenizer())
+    model = interp.load(pipe)
+    assert model.adapter.family == "sd3" and model.adapter.token_length(pipe, 2) == 256
+    assert [len(model.sites("text-hidden", component=c)) for c in model.adapter.text_encoders] == [12, 32, 24]
+    assert model.site("text3-mlp-23").path == "encoder.block.23.layer.1.DenseReluDense"
+    cross = model.sites("cross-attn")
+    assert len(cross) == 24 and model.site("cross-attn-23") is model.site("block-23-attn")
+    assert cross[0].kv_paths == ("transformer_blocks.0.attn.add_k_proj", "transformer_blocks.0.attn.add_v_proj")
+    names = [s.name for s in model.sites(component="transformer")]
+    assert names[:5] == ["block-0-attn", "block-0-ff", "block-0-text-ff", "block-0-text", "block-1-attn"]
+    assert names[-2:] == ["block-23-attn", "block-23-ff"]  # the last block updates no text stream
+    assert len(names) == 4 * 23 + 2
+    assert model.default_size() == (1024, 1024)
+
+
+def test_sd3_no_operations_reproduce_the_pipeline_and_restore_everything():
+    torch.set_num_threads(1)
+    pipe = dummy_sd3_pipeline()
+    model = interp.load(pipe)
+    span = model.locate(PROMPT, "van gogh")
+    noise = [Noise("text-embed", tokens=span.positions, std=3.0), Noise("text2-embed", tokens=span.positions, std=3.0)]
+    alone = run(model, Graph([Run("clean", PROMPT, **RUN)]), progress=False).images
+    graph = Graph([Run("clean", PROMPT, **RUN)])
+    graph.add(Run("corrupted", PROMPT, ops=noise, **RUN))
+    graph.add(Run("restored", PROMPT, ops=[*noise, *(Restore(s.name, source="clean") for s in model.sites())], **RUN))
+    images = run(model, graph, progress=False).images
+    with torch.no_grad():
+        plain = pipe(PROMPT, num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(1),
+                     output_type="pt").images[0]
+    assert torch.equal(alone["clean"], plain)
+    clean = images["clean"]
+    assert (images["corrupted"] - clean).abs().max() > 1e-3
+    assert (images["restored"] - clean).abs().max() <= 1e-5
+    with pytest.raises(GraphValidationError, match="joint attention"):
+        run(model, Graph([Run("swapped", PROMPT, ops=[Swap(["cross-attn-0"], "a painting")], **RUN)]), progress=False)
