@@ -9,7 +9,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 from transformers import CLIPModel, CLIPTokenizer
 
-from models.tiny import ATTRIBUTES, JUDGE_PATH, WEIGHTS_DIR, Scene, caption, clip_dir, judge, load_pipeline, render_batch
+from models.tiny import (
+    ATTRIBUTES, JUDGE_PATH, WEIGHTS_DIR, Scene, caption, clip_dir, judge, load_pipeline, render_batch,
+)
 from models.tiny.clip import scores
 from models.tiny.evaluate import judge_accuracy
 from models.tiny.judge import load_judge

@@ -6,7 +6,9 @@ import random
 
 import numpy as np
 
-from models.tiny import COLORS, OBJECTS, STYLES, Scene, caption, held_out_combos, is_held_out, render, sample_scene, vocabulary
+from models.tiny import (
+    COLORS, OBJECTS, STYLES, Scene, caption, held_out_combos, is_held_out, render, sample_scene, vocabulary,
+)
 from models.tiny.tokenizer import MAX_LENGTH, build_tokenizer
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTextModel, CLIPTokenizer
@@ -24,8 +25,9 @@ from models.tiny.training import optimize
 WIDTH = 64  # text hidden size = the UNet's cross_attention_dim
 
 
-def build_clip(tokenizer: CLIPTokenizer) -> CLIPModel:
-    """A small CLIP: 3-layer text and vision transformers (8x8 patches), 64-wide."""
+def build_clip(tokenizer: CLIPTokenizer, patch_size: int = 4) -> CLIPModel:
+    """A small CLIP: 3-layer text and vision transformers, 64-wide (4x4 patches see shapes; 8x8
+    patches make a cheap stand-in vision tower for pretraining the text tower)."""
     tower = dict(hidden_size=WIDTH, intermediate_size=4 * WIDTH, num_hidden_layers=3, num_attention_heads=4)
     config = CLIPConfig(
         text_config=dict(
@@ -33,7 +35,7 @@ def build_clip(tokenizer: CLIPTokenizer) -> CLIPModel:
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         ),
-        vision_config=dict(tower, image_size=SIZE, patch_size=8, num_channels=3),
+        vision_config=dict(tower, image_size=SIZE, patch_size=patch_size, num_channels=3),
         projection_dim=WIDTH,
     )
     return CLIPModel(config)
@@ -60,21 +62,25 @@ def token_ids(tokenizer: CLIPTokenizer, captions: Sequence[str]) -> torch.Tensor
 
 
 def train_clip(
-    images: Sequence, scenes: Sequence[Scene], tokenizer: CLIPTokenizer, steps: int, batch: int = 256, seed: int = 0
+    images: np.ndarray, scenes: Sequence[Scene], tokenizer: CLIPTokenizer, steps: int, batch: int = 256,
+    seed: int = 0, text_from: CLIPModel | None = None,
 ) -> CLIPModel:
-    """Contrastive training on uint8 image arrays (each (N, H, W, 3), e.g. renders and VAE
-    reconstructions of the same `scenes`); each step draws from a random one of them."""
+    """Contrastive training on uint8 renders (N, H, W, 3) of `scenes`. Without `text_from`: a CLIP
+    with the cheap 8x8-patch vision tower, to train the text tower. With it: the full CLIP, whose
+    text tower is copied from `text_from` and frozen (it is the diffusion model's text encoder)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    model = build_clip(tokenizer)
-    pixels = [to_clip_pixels(x) for x in images]
+    model = build_clip(tokenizer, patch_size=8 if text_from is None else 4)
+    if text_from is not None:
+        model.text_model.load_state_dict(text_from.text_model.state_dict())
+        model.text_model.requires_grad_(False)
+    pixels = to_clip_pixels(images)
 
     def loss_at(step: int) -> torch.Tensor:
         idx = [rng.randrange(len(scenes)) for _ in range(batch)]
-        source = pixels[rng.randrange(len(pixels))]
         picked = [scenes[i] for i in idx]
         captions = [random_caption(s, rng) for s in picked] + [random_caption(change_one(s, rng), rng) for s in picked]
-        img = F.normalize(model.get_image_features(pixel_values=source[idx]).pooler_output, dim=-1)
+        img = F.normalize(model.get_image_features(pixel_values=pixels[idx]).pooler_output, dim=-1)
         txt = F.normalize(model.get_text_features(input_ids=token_ids(tokenizer, captions)).pooler_output, dim=-1)
         scale = model.logit_scale.exp().clamp(max=100)
         targets = torch.arange(batch)

@@ -127,9 +127,11 @@ def main(root: Path = ROOT, n_seen: int = 54, seeds: int = 4) -> None:
 
     prompted = generate_judged(pipe, prompt_scenes(n_seen), seeds)
     predictions = predict(judge, prompted.images)
-    seen_acc = accuracy([p for p, h in zip(predictions, prompted.held_out) if not h], [s for s, h in zip(prompted.scenes, prompted.held_out) if not h])
-    held_acc = accuracy([p for p, h in zip(predictions, prompted.held_out) if h], [s for s, h in zip(prompted.scenes, prompted.held_out) if h])
-    all_acc = accuracy(predictions, prompted.scenes)
+    def subset(held: bool) -> dict[str, float]:
+        keep = [i for i, h in enumerate(prompted.held_out) if h == held]
+        return accuracy([predictions[i] for i in keep], [prompted.scenes[i] for i in keep])
+
+    seen_acc, held_acc, all_acc = subset(False), subset(True), accuracy(predictions, prompted.scenes)
     gap = {a: seen_acc[a] - held_acc[a] for a in ATTRIBUTES}
 
     print(f"{'accuracy (%)':<34}" + "".join(f"{a:>12}" for a in ATTRIBUTES))
@@ -139,7 +141,8 @@ def main(root: Path = ROOT, n_seen: int = 54, seeds: int = 4) -> None:
     print(_row(f"generated, held-out ({int(prompted.held_out.sum())})", held_acc, TARGETS))
     print(_row("seen minus held-out (<= 10)", gap))
     print(_row("CLIP retrieval top-1 (>= 90)", clip_retrieval(clip, tokenizer), dict.fromkeys(ATTRIBUTES, 0.90)))
-    print(f"CLIP right > one-changed caption on generated images (>= 90): {100 * clip_margin(clip, tokenizer, prompted):.1f}%")
+    margin = clip_margin(clip, tokenizer, prompted)
+    print(f"CLIP right > one-changed caption on generated images (>= 90): {100 * margin:.1f}%")
     print(f"seconds for 25 steps, batch 8, guidance {7.5}: {speed(pipe):.2f}")
 
 

@@ -50,7 +50,9 @@ def labels(scenes: Sequence[Scene]) -> dict[str, torch.Tensor]:
     return {a: torch.tensor([VALUES[a].index(s.attributes()[a]) for s in scenes]) for a in ATTRIBUTES}
 
 
-def train_judge(pixels: torch.Tensor, targets: dict[str, torch.Tensor], steps: int, batch: int = 64, seed: int = 0) -> JudgeNet:
+def train_judge(
+    pixels: torch.Tensor, targets: dict[str, torch.Tensor], steps: int, batch: int = 64, seed: int = 0
+) -> JudgeNet:
     """Fit the judge on `pixels` (N, 3, H, W) in [-1, 1] with light pixel-noise augmentation."""
     torch.manual_seed(seed)
     net = JudgeNet()

@@ -17,7 +17,7 @@ from models.tiny.training import optimize
 
 LATENT_SIZE = 8
 UNCOND_PROB = 0.1  # share of training captions replaced by "" for classifier-free guidance
-EMA_DECAY = 0.999
+EMA_DECAY = 0.995
 
 
 def build_unet() -> UNet2DConditionModel:
@@ -27,13 +27,13 @@ def build_unet() -> UNet2DConditionModel:
         sample_size=LATENT_SIZE,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(64, 128),
+        block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         mid_block_type="UNetMidBlock2DCrossAttn",
         layers_per_block=1,
         cross_attention_dim=WIDTH,
-        attention_head_dim=4,
+        attention_head_dim=2,
         norm_num_groups=16,
     )
 
