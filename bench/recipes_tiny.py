@@ -48,13 +48,14 @@ def hit_rate(judge: Judge, images: np.ndarray, style: str = "van gogh") -> float
     return float(np.mean([j["style"] == style for j in judge(images)]))
 
 
-def trace_tables(model: Model, scorer: CLIPScore | None, steps: int, seeds: Sequence[int], top: int,
-                 out: Path | None) -> dict[str, tuple[TraceResult, TraceResult]]:
+def trace_tables(model: Model, scorer: CLIPScore | None, steps: int, seeds: Sequence[int], samples: int,
+                 top: int, out: Path | None) -> dict[str, tuple[TraceResult, TraceResult]]:
     """UNet and text-encoder traces per attribute, printed as top-IE tables."""
     results = {}
     for attribute, pairs in TRACE_PROMPTS.items():
-        unet = trace_unet(model, pairs, seeds=seeds, steps=steps, scorer=scorer)
-        text = trace_text_encoder(model, *pairs[0], seeds=seeds, steps=steps, scorer=scorer)
+        common = dict(seeds=seeds, samples=samples, steps=steps, scorer=scorer, progress=False)
+        unet = trace_unet(model, pairs, **common)
+        text = trace_text_encoder(model, *pairs[0], **common)
         results[attribute] = (unet, text)
         for name, result in (("unet", unet), ("text", text)):
             if out is not None:
@@ -83,7 +84,8 @@ def locogen_table(model: Model, scorer: CLIPScore | None, judge: Judge, steps: i
     print(f"\n== LoCoGen, style: {len(prompts)} van gogh prompts x seeds {list(seeds)}, target 'a painting', "
           f"CLIP-score against the prompt (lowest wins); {layers} cross-attention layers")
     for m in range(2, layers + 1):
-        result = localize(model, prompts, "a painting", window=m, seeds=seeds, steps=steps, scorer=scorer)
+        result = localize(model, prompts, "a painting", window=m, seeds=seeds, steps=steps, scorer=scorer,
+                          progress=False)
         results.append(result)
         if out is not None:
             result.save(out / f"locogen-m{m}")
@@ -113,6 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--seeds", type=int, default=2, help="generator seeds 0 .. n-1 per prompt")
+    parser.add_argument("--samples", type=int, default=3, help="corrupted samples averaged (ROME uses 10)")
     parser.add_argument("--top", type=int, default=5, help="rows per top-IE table")
     parser.add_argument("--only", choices=("trace", "locogen"), help="run one part")
     parser.add_argument("--threads", type=int, default=1)
@@ -122,7 +125,7 @@ def main() -> None:
     model, seeds = interp.load("tiny"), tuple(range(args.seeds))
     scorer = CLIPScore.from_pretrained()
     if args.only in (None, "trace"):
-        trace_tables(model, scorer, args.steps, seeds, args.top, args.out)
+        trace_tables(model, scorer, args.steps, seeds, args.samples, args.top, args.out)
     if args.only in (None, "locogen"):
         locogen_table(model, scorer, tiny_judge, args.steps, seeds, args.out)
 
