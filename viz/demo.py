@@ -27,7 +27,7 @@ from viz.comparison import EditComparison, Judge, compare_edits
 from viz.images import edit_images, trace_images
 from viz.locogen import locogen_curve
 from viz.report import Report
-from viz.traces import text_encoder_grid, unet_site_map
+from viz.traces import text_encoder_grid, token_label, unet_site_map
 
 # (prompt, subject) per attribute, in words both the tiny model and the dummy test pipeline know.
 PROMPTS = {
@@ -127,7 +127,7 @@ def _summary_rows(results: DemoResults) -> list[list[object]]:
         (state, token), state_ie, _ = text.top(1)[0]
         rows.append([attribute, unet.units[0]["subject"],
                      float(np.mean(unet.scores["clean"])), float(np.mean(unet.scores["corrupted"])),
-                     f"{site} ({site_ie:+.3f})", f"{state} @ {token} ({state_ie:+.3f})"])
+                     f"{site} ({site_ie:+.3f})", f"{state} @ {token_label(token)} ({state_ie:+.3f})"])
     return rows
 
 
