@@ -27,6 +27,9 @@ from interventions.evaluate import Judged, evaluation_scenes, judge_generations
 from models.tiny import Scene
 
 REMOVED = ("van gogh", "monet")
+# The tiny world's own phrasings of a style ("photo" and "image", in the papers' templates, are not
+# words of its vocabulary and tokenize as unknown).
+TINY_TEMPLATES = ("{}", "in the style of {}", "a painting by {}", "a {} painting")
 COLUMNS = ("van gogh hit", "monet hit", "other styles", "color", "object", "count")
 
 
@@ -63,14 +66,16 @@ def metrics(result: Judged) -> dict[str, float]:
     }
 
 
-def best_window(model: Model, concepts: list[str], scenes: list[Scene], seeds: Sequence[int], steps: int) -> list[str]:
+def best_window(
+    model: Model, concepts: list[str], scenes: list[Scene], seeds: Sequence[int], steps: int, templates: dict
+) -> list[str]:
     """The window of 2 cross-attention layers whose LoCoEdit lowers the first concept's hit rate most."""
     layers = [s.name for s in model.sites("cross-attn")]
     probe = [s for s in scenes if s.style == concepts[0]]
     curve = {}
     for start in range(len(layers) - 1):
         window = layers[start : start + 2]
-        edit = locoedit.edit(model, concepts, "painting", layers=window)
+        edit = locoedit.edit(model, concepts, "painting", layers=window, **templates)
         curve[start] = judged(model, edit, probe, seeds, steps).hit_rate("style", concepts[0])
         print(f"  {window_label(model, window)} ({', '.join(window)}): {concepts[0]} hit {100 * curve[start]:5.1f}%")
     start = min(curve, key=curve.get)
@@ -97,6 +102,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2, help="generator seeds per prompt")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps")
     parser.add_argument("--window", nargs="+", help="LoCoEdit window (default: the best of a sweep)")
+    parser.add_argument("--tiny-templates", action="store_true", help=f"both recipes use {TINY_TEMPLATES}")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -108,22 +114,24 @@ def main() -> None:
           f"{len(model.sites('cross-attn'))} cross-attention layers")
 
     one, two = ["van gogh"], list(REMOVED)
+    templates = {"templates": TINY_TEMPLATES} if args.tiny_templates else {}
+    print(f"templates: {TINY_TEMPLATES if args.tiny_templates else 'recipe defaults (the papers)'}")
     if args.window:
         window = args.window
     else:
         print("LoCoEdit 'van gogh' -> 'painting', window sweep (m = 2), van gogh prompts:")
-        window = best_window(model, one, scenes, seeds, args.steps)
+        window = best_window(model, one, scenes, seeds, args.steps, templates)
     label = window_label(model, window)
     conditions: list[tuple[str, Edit | None]] = [("unedited", None)]
     for concepts in (one, two):
         name = " + ".join(concepts)
         conditions += [
-            (f"DiffQuickFix {name}, text layer {layer}", diffquickfix.edit(model, concepts, "painting", layer=layer))
-            for layer in range(text_layers)
+            (f"DiffQuickFix {name}, text layer {i}", diffquickfix.edit(model, concepts, "painting", i, **templates))
+            for i in range(text_layers)
         ]
         conditions += [
-            (f"LoCoEdit {name}, {label}", locoedit.edit(model, concepts, "painting", layers=window)),
-            (f"LoCoEdit {name}, all cross-attn", locoedit.edit(model, concepts, "painting", layers="all")),
+            (f"LoCoEdit {name}, {label}", locoedit.edit(model, concepts, "painting", layers=window, **templates)),
+            (f"LoCoEdit {name}, all cross-attn", locoedit.edit(model, concepts, "painting", layers="all", **templates)),
         ]
 
     print(f"\naccuracy / hit rate in % (change vs unedited); {len(seeds)} seeds")
