@@ -1,4 +1,8 @@
-"""The notebooks run clean, top to bottom, on the bundled tiny model; git holds them without outputs."""
+"""The notebooks run clean, top to bottom, on the bundled tiny model; git holds them without outputs.
+
+Executing them is marked slow (about a minute each on a shared 2-core CPU, kernel start included):
+CI runs `python -m pytest -m slow tests/test_notebooks.py`.
+"""
 
 import os
 from pathlib import Path
@@ -27,6 +31,7 @@ def test_outputs_are_stripped(path):
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: strip outputs before committing"
 
 
+@pytest.mark.slow
 @tiny_built
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_clean(path, monkeypatch):

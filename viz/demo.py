@@ -89,7 +89,7 @@ class DemoResults:
 def run_demo(
     model: Model,
     scorer: CLIPScore,
-    steps: int = 10,
+    steps: int = 25,
     seeds: Sequence[int] = (0,),
     judge: Judge | None = None,
     progress: bool = True,
