@@ -22,7 +22,7 @@ import interp
 from interp.model import Model
 from interp.scoring import CLIPScore
 from interventions.causal_trace import TraceResult, trace_text_encoder, trace_unet
-from interventions.evaluate import tiny_judge
+from interventions.evaluate import generate, tiny_judge
 from interventions.locogen import LocalizeResult, localize
 from models.tiny import Scene, caption, is_held_out
 
@@ -36,7 +36,7 @@ STYLE_SCENES = [Scene("circle", "red", "van gogh", 1), Scene("square", "blue", "
                 Scene("star", "yellow", "van gogh", 1), Scene("heart", "green", "van gogh", 2),
                 Scene("house", "purple", "van gogh", 1), Scene("triangle", "orange", "van gogh", 2)]
 DROP = 0.5  # LoCoGen target: the window lowers the van gogh hit rate by at least 50 points
-Judge = Callable[[np.ndarray], list[dict]]
+Judge = Callable[[np.ndarray | torch.Tensor], list[dict]]
 
 
 def style_prompts() -> list[str]:
@@ -44,7 +44,8 @@ def style_prompts() -> list[str]:
     return [caption(s, 0) for s in STYLE_SCENES if not is_held_out(s)]
 
 
-def hit_rate(judge: Judge, images: np.ndarray, style: str = "van gogh") -> float:
+def hit_rate(judge: Judge, images: np.ndarray | torch.Tensor, style: str = "van gogh") -> float:
+    """Share of `images` (uint8 (N, H, W, 3) or float (N, 3, H, W)) the judge reads as `style`."""
     return float(np.mean([j["style"] == style for j in judge(images)]))
 
 
@@ -62,6 +63,8 @@ def trace_tables(model: Model, scorer: CLIPScore | None, steps: int, seeds: Sequ
                 result.save(out / f"trace-{name}-{attribute}")
         print(f"\n== {attribute}: UNet ({len(unet.units)} units: {[p for p, _ in pairs]} x seeds {list(seeds)}); "
               f"clean {unet.mean('clean'):.4f}, corrupted {unet.mean('corrupted'):.4f}")
+        for unit, clean, corrupted in zip(unet.units, unet.scores["clean"], unet.scores["corrupted"]):
+            print(f"   {unit['prompt']!r} seed {unit['seed']}: clean {clean:.4f}, corrupted {corrupted:.4f}")
         print(f"{'UNet site':<22}{'IE':>9}{'+-':>8}{'norm IE':>9}")
         nie = dict(zip(unet.coords["site"], unet.normalized_ie))
         for (site,), ie, std in unet.top(top):
@@ -76,19 +79,21 @@ def trace_tables(model: Model, scorer: CLIPScore | None, steps: int, seeds: Sequ
 
 
 def locogen_table(model: Model, scorer: CLIPScore | None, judge: Judge, steps: int, seeds: Sequence[int],
-                  out: Path | None) -> list[LocalizeResult]:
+                  target: str, out: Path | None) -> list[LocalizeResult]:
     """LoCoGen for style, m from 2 up, with the judge's van gogh hit rate of every window."""
     prompts = style_prompts()
     layers = len(model.sites("cross-attn"))
     results = []
-    print(f"\n== LoCoGen, style: {len(prompts)} van gogh prompts x seeds {list(seeds)}, target 'a painting', "
-          f"CLIP-score against the prompt (lowest wins); {layers} cross-attention layers")
+    own = hit_rate(judge, generate(model, [target], seeds, steps=steps))
+    print(f"\n== LoCoGen, style: {len(prompts)} van gogh prompts x seeds {list(seeds)}, target {target!r} "
+          f"(its own images: van gogh {100 * own:.0f}%), CLIP-score against the prompt (lowest wins); "
+          f"{layers} cross-attention layers")
     for m in range(2, layers + 1):
-        result = localize(model, prompts, "a painting", window=m, seeds=seeds, steps=steps, scorer=scorer,
+        result = localize(model, prompts, target, window=m, seeds=seeds, steps=steps, scorer=scorer,
                           progress=False)
         results.append(result)
         if out is not None:
-            result.save(out / f"locogen-m{m}")
+            result.save(out / f"locogen-{target.replace(' ', '-')}-m{m}")
         base = hit_rate(judge, result.baseline_images())
         rates = {s: hit_rate(judge, result.window_images(s)) for s in result.coords["window start"]}
         print(f"m = {m}: unswapped van gogh hit rate {100 * base:.0f}%, CLIP-score {result.baseline:.4f}")
@@ -118,6 +123,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=3, help="corrupted samples averaged (ROME uses 10)")
     parser.add_argument("--top", type=int, default=5, help="rows per top-IE table")
     parser.add_argument("--only", choices=("trace", "locogen"), help="run one part")
+    parser.add_argument("--target", action="append", help="LoCoGen target prompt(s) (default: 'a painting')")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="save every result here (JSON + PNG)")
     args = parser.parse_args()
@@ -127,7 +133,8 @@ def main() -> None:
     if args.only in (None, "trace"):
         trace_tables(model, scorer, args.steps, seeds, args.samples, args.top, args.out)
     if args.only in (None, "locogen"):
-        locogen_table(model, scorer, tiny_judge, args.steps, seeds, args.out)
+        for target in args.target or ["a painting"]:
+            locogen_table(model, scorer, tiny_judge, args.steps, seeds, target, args.out)
 
 
 if __name__ == "__main__":
