@@ -15,6 +15,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 MODEL_HELP = "'tiny' (bundled), 'dummy' (random, config-built), a folder saved with save_pretrained, or a hub id"
 CLIP_HELP = "CLIP for CLIP-scores: a hub id or folder (default: the bundled tiny model's CLIP)"
 OUT_HELP = "folder for the result (JSON + PNG) and its figure (report.html)"
+DEVICE_HELP = "torch device for the model and the CLIP, e.g. cuda"
 
 
 class Target(str, enum.Enum):
@@ -43,13 +44,29 @@ def user_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def _load(model: str):
+def _device(name: str):
+    """A torch device this machine has, or `ValueError` naming the problem."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"{name!r} is not a torch device; use cpu, cuda, cuda:1, mps, ...") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} is not available: this machine has no CUDA GPU; use --device cpu")
+    return device
+
+
+def _load(model: str, device: str = "cpu"):
+    """The model `--model` names, on `device`."""
     import interp
+
+    device = _device(device)
 
     if model == "dummy":
         from models.testing import dummy_sd_pipeline
 
-        return interp.load(dummy_sd_pipeline())
+        return interp.load(dummy_sd_pipeline().to(device))
     if model == "tiny":
         from interp.errors import BundledModelMissingError
         from models.tiny import WEIGHTS_DIR
@@ -59,13 +76,15 @@ def _load(model: str):
                 f"the bundled tiny model is not built ({WEIGHTS_DIR} is missing); build it with "
                 f"`python -m models.tiny.train`, or pass --model <folder or hub id>"
             )
-    return interp.load(model)
+    loaded = interp.load(model)
+    loaded.pipe.to(device)
+    return loaded
 
 
-def _scorer(clip: Optional[str]):
+def _scorer(clip: Optional[str], device: str = "cpu"):
     from interp.scoring import CLIPScore
 
-    return CLIPScore.from_pretrained(clip)
+    return CLIPScore.from_pretrained(clip, device=device)
 
 
 def _judge(model: str):
@@ -107,11 +126,12 @@ def demo(
     steps: int = typer.Option(25, min=1, help="denoising steps (25: ~2.5 min on one CPU core for the tiny model)"),
     seeds: int = typer.Option(1, min=1, help="seeds 0 .. n-1 per prompt"),
     clip: Optional[str] = typer.Option(None, help=CLIP_HELP),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
 ) -> None:
     """The main job: trace style, object and color, localize style, edit it out, write the report."""
     from viz.demo import build_report, run_demo
 
-    loaded, scorer = _load(model), _scorer(clip)
+    loaded, scorer = _load(model, device), _scorer(clip, device)
     data = out.with_name(f"{out.stem}_data")
     results = run_demo(loaded, scorer, steps, tuple(range(seeds)), _judge(model))
     results.save(data)
@@ -144,15 +164,16 @@ def trace(
     seeds: int = typer.Option(1, min=1, help="seeds 0 .. n-1"),
     clip: Optional[str] = typer.Option(None, help=CLIP_HELP),
     out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
 ) -> None:
     """Causal tracing: corrupt the subject, restore one state at a time, print the indirect effects."""
     from interventions.causal_trace import trace_text_encoder, trace_unet
     from viz.traces import text_encoder_grid, unet_site_map
 
-    loaded = _load(model)
+    loaded = _load(model, device)
     loaded.locate(prompt, subject)  # a subject not in the prompt fails before the CLIP loads
     recipe, figure = (trace_unet, unet_site_map) if target is Target.unet else (trace_text_encoder, text_encoder_grid)
-    result = recipe(loaded, prompt, subject, seeds=range(seeds), steps=steps, scorer=_scorer(clip))
+    result = recipe(loaded, prompt, subject, seeds=range(seeds), steps=steps, scorer=_scorer(clip, device))
     typer.echo(result.table())
     _save(result, figure(result), out)
 
@@ -169,14 +190,15 @@ def locogen(
     seeds: int = typer.Option(1, min=1, help="seeds 0 .. n-1 per prompt"),
     clip: Optional[str] = typer.Option(None, help=CLIP_HELP),
     out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
 ) -> None:
     """LoCoGen: slide a window of cross-attention layers fed the target prompt; print each window's score."""
     from interventions.locogen import localize
     from viz.locogen import locogen_curve
 
-    loaded = _load(model)
+    loaded = _load(model, device)
     result = localize(loaded, prompt, target_prompt, window, attribute, seeds=range(seeds), steps=steps,
-                      scorer=_scorer(clip))
+                      scorer=_scorer(clip, device))
     typer.echo(result.table())
     typer.echo(f"best window: {', '.join(result.best_sites)}")
     _save(result, locogen_curve(result), out)
@@ -223,6 +245,7 @@ def apply(
     model: str = typer.Option("tiny", help=MODEL_HELP),
     prompt: List[str] = typer.Option([], help="also generate this prompt with the edit (repeat; PNGs in <out>/images)"),
     steps: int = typer.Option(25, min=1, help="denoising steps for --prompt"),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
 ) -> None:
     """Apply a saved edit to a model and save the edited pipeline (and optional images)."""
     from PIL import Image
@@ -234,7 +257,7 @@ def apply(
 
     if not delta.is_file():
         raise FileNotFoundError(f"{delta} does not exist; write one with `interp edit ... --save {delta}`")
-    loaded = edits.apply(_load(model), Edit.load(delta))
+    loaded = edits.apply(_load(model, device), Edit.load(delta))
     loaded.pipe.save_pretrained(out)
     typer.echo(f"wrote the edited pipeline to {out}/")
     if prompt:

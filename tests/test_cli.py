@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from interp.cli import app
@@ -149,3 +150,13 @@ def test_apply_saves_edited_pipeline(delta, tmp_path):
 def test_apply_missing_delta_exit_2(tmp_path):
     assert_user_error(invoke("apply", tmp_path / "none.safetensors", "--model", "dummy", "--out", tmp_path / "o"),
                       "none.safetensors")
+
+
+def test_unknown_device_exit_2():
+    assert_user_error(invoke("trace", "--model", "dummy", "--prompt", PROMPT, "--subject", "van gogh",
+                             "--device", "tpu9"), "not a torch device")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_exit_2(tmp_path):
+    assert_user_error(invoke("demo", "--model", "dummy", "--device", "cuda", "--out", tmp_path / "r.html"), "no CUDA GPU")
