@@ -81,9 +81,13 @@ def _load(model: str, device: str = "cpu"):
     return loaded
 
 
-def _scorer(clip: Optional[str], device: str = "cpu"):
+def _scorer(clip: Optional[str], model: str, device: str = "cpu"):
+    """The CLIP-scorer `--clip` names; the tiny model's CLIP by default (with a warning for other models)."""
     from interp.scoring import CLIPScore
 
+    if clip is None and model not in ("tiny", "dummy"):
+        typer.echo("warning: scoring with the tiny model's CLIP, which knows only its own words; pass --clip "
+                   "(e.g. openai/clip-vit-large-patch14) for real models", err=True)
     return CLIPScore.from_pretrained(clip, device=device)
 
 
@@ -131,7 +135,7 @@ def demo(
     """The main job: trace style, object and color, localize style, edit it out, write the report."""
     from viz.demo import build_report, run_demo
 
-    loaded, scorer = _load(model, device), _scorer(clip, device)
+    loaded, scorer = _load(model, device), _scorer(clip, model, device)
     data = out.with_name(f"{out.stem}_data")
     results = run_demo(loaded, scorer, steps, tuple(range(seeds)), _judge(model))
     results.save(data)
@@ -173,7 +177,7 @@ def trace(
     loaded = _load(model, device)
     loaded.locate(prompt, subject)  # a subject not in the prompt fails before the CLIP loads
     recipe, figure = (trace_unet, unet_site_map) if target is Target.unet else (trace_text_encoder, text_encoder_grid)
-    result = recipe(loaded, prompt, subject, seeds=range(seeds), steps=steps, scorer=_scorer(clip, device))
+    result = recipe(loaded, prompt, subject, seeds=range(seeds), steps=steps, scorer=_scorer(clip, model, device))
     typer.echo(result.table())
     _save(result, figure(result), out)
 
@@ -198,7 +202,7 @@ def locogen(
 
     loaded = _load(model, device)
     result = localize(loaded, prompt, target_prompt, window, attribute, seeds=range(seeds), steps=steps,
-                      scorer=_scorer(clip, device))
+                      scorer=_scorer(clip, model, device))
     typer.echo(result.table())
     typer.echo(f"best window: {', '.join(result.best_sites)}")
     _save(result, locogen_curve(result), out)
