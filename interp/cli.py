@@ -62,7 +62,6 @@ def _load(model: str, device: str = "cpu"):
     import interp
 
     device = _device(device)
-
     if model == "dummy":
         from models.testing import dummy_sd_pipeline
 
