@@ -37,6 +37,9 @@ PROMPTS = {
 }
 STYLE_PROMPTS = ("a red circle in the style of van gogh", "a blue square in the style of van gogh")
 OLD, NEW, TARGET = "van gogh", "painting", "a painting"
+# The editors' key templates, in words the tiny model knows (the papers' "a photo of {}" is not one of
+# them, and DiffQuickFix keys on unknown words spill the edit onto every prompt).
+EDIT_TEMPLATES = ("{}", "in the style of {}", "a painting by {}", "a {} painting")
 COMPARISON = {
     "a red circle in the style of van gogh": "edited", "a blue square in the style of van gogh": "edited",
     "a red circle in the style of monet": "neighbour", "a green star": "neighbour",
@@ -109,8 +112,8 @@ def run_demo(
     style = localize(model, list(STYLE_PROMPTS), TARGET, **common)
     stages.update()
     stages.set_description("edits: DiffQuickFix, LoCoEdit")
-    edits = {"DiffQuickFix": diffquickfix.edit(model, OLD, NEW),
-             "LoCoEdit": locoedit.edit(model, OLD, NEW, layers=style.best_sites)}
+    edits = {"DiffQuickFix": diffquickfix.edit(model, OLD, NEW, templates=EDIT_TEMPLATES),
+             "LoCoEdit": locoedit.edit(model, OLD, NEW, layers=style.best_sites, templates=EDIT_TEMPLATES)}
     stages.update()
     stages.set_description("before / after")
     comparison = compare_edits(model, edits, COMPARISON, scorer, seeds[0], steps, judge=judge, watch=("style", OLD))
@@ -159,9 +162,11 @@ def build_report(results: DemoResults, model_name: str = "") -> Report:
         report.text(f"{attribute}: chosen window {', '.join(result.best_sites)} (m = {result.m}).")
     report.figure(locogen_curve(results.locogen))
     comparison = results.edits
+    templates = next(iter(comparison.settings["edits"].values()))["templates"]
     report.heading("Editing").text(
         f"DiffQuickFix edits the text encoder's first self-attention out-projection; LoCoEdit edits W_K and W_V "
-        f"of the cross-attention layers LoCoGen found. Both map {OLD!r} onto {NEW!r} in one closed-form solve.")
+        f"of the cross-attention layers LoCoGen found. Both map {OLD!r} onto {NEW!r} in one closed-form solve, "
+        f"with keys from the templates {', '.join(repr(t) for t in templates)}.")
     roles = ("edited", "neighbour")
     report.table(["mean CLIP-score", *comparison.edits], [[r, *comparison.rate("clip", r).values()] for r in roles])
     for role in roles:
