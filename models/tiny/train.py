@@ -35,7 +35,7 @@ from models.tiny.vae import decode, encode, train_vae, tune_decoder
 
 SEED = 0
 SCENES = 12_000
-STEPS = {"vae": 600, "vae_decoder": 400, "judge": 1500, "clip": 400, "clip_vision": 500, "unet": 1000}
+STEPS = {"vae": 600, "vae_decoder": 400, "judge": 900, "clip": 400, "clip_vision": 500, "unet": 1000}
 STAGES = tuple(STEPS)
 
 
