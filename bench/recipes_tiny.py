@@ -49,8 +49,18 @@ def hit_rate(judge: Judge, images: np.ndarray | torch.Tensor, style: str = "van 
     return float(np.mean([j["style"] == style for j in judge(images)]))
 
 
-def trace_tables(model: Model, scorer: CLIPScore | None, steps: int, seeds: Sequence[int], samples: int,
-                 top: int, out: Path | None) -> dict[str, tuple[TraceResult, TraceResult]]:
+def judged_line(result: TraceResult, unit: int, attribute: str, judge: Judge) -> str:
+    """The judge's reading of a unit's clean and corrupted images: does the corruption remove the subject?"""
+    samples = result.settings["samples"]
+    names = [f"u{unit}/clean", *(f"u{unit}/n{k}/corrupted" for k in range(samples))]
+    readings = [j[attribute] for j in judge(np.stack([result.images[n] for n in names]))]
+    subject = result.units[unit]["subject"]
+    kept = sum(r == subject for r in readings[1:])
+    return f"judge: clean {readings[0]!r}, corrupted keeps {subject!r} in {kept}/{samples}"
+
+
+def trace_tables(model: Model, scorer: CLIPScore | None, judge: Judge, steps: int, seeds: Sequence[int],
+                 samples: int, top: int, out: Path | None) -> dict[str, tuple[TraceResult, TraceResult]]:
     """UNet and text-encoder traces per attribute, printed as top-IE tables."""
     results = {}
     for attribute, pairs in TRACE_PROMPTS.items():
@@ -63,8 +73,9 @@ def trace_tables(model: Model, scorer: CLIPScore | None, steps: int, seeds: Sequ
                 result.save(out / f"trace-{name}-{attribute}")
         print(f"\n== {attribute}: UNet ({len(unet.units)} units: {[p for p, _ in pairs]} x seeds {list(seeds)}); "
               f"clean {unet.mean('clean'):.4f}, corrupted {unet.mean('corrupted'):.4f}")
-        for unit, clean, corrupted in zip(unet.units, unet.scores["clean"], unet.scores["corrupted"]):
-            print(f"   {unit['prompt']!r} seed {unit['seed']}: clean {clean:.4f}, corrupted {corrupted:.4f}")
+        for u, (unit, clean, corrupted) in enumerate(zip(unet.units, unet.scores["clean"], unet.scores["corrupted"])):
+            print(f"   {unit['prompt']!r} seed {unit['seed']}: CLIP clean {clean:.4f}, corrupted {corrupted:.4f}; "
+                  + judged_line(unet, u, attribute, judge))
         print(f"{'UNet site':<22}{'IE':>9}{'+-':>8}{'norm IE':>9}")
         nie = dict(zip(unet.coords["site"], unet.normalized_ie))
         for (site,), ie, std in unet.top(top):
@@ -131,7 +142,7 @@ def main() -> None:
     model, seeds = interp.load("tiny"), tuple(range(args.seeds))
     scorer = CLIPScore.from_pretrained()
     if args.only in (None, "trace"):
-        trace_tables(model, scorer, args.steps, seeds, args.samples, args.top, args.out)
+        trace_tables(model, scorer, tiny_judge, args.steps, seeds, args.samples, args.top, args.out)
     if args.only in (None, "locogen"):
         for target in args.target or ["a painting"]:
             locogen_table(model, scorer, tiny_judge, args.steps, seeds, target, args.out)
