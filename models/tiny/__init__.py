@@ -19,6 +19,7 @@ from models.tiny.scenes import (
     SIZE,
     STYLE_TEMPLATES,
     STYLES,
+    VALUES,
     Scene,
     caption,
     change_one,
@@ -62,7 +63,7 @@ def judge(images) -> list[dict]:
 
 __all__ = [
     "ATTRIBUTES", "CLIP_DIR", "COLORS", "COUNTS", "JUDGE_PATH", "OBJECTS", "PLAIN_TEMPLATES", "PLURALS",
-    "SIZE", "STYLES", "STYLE_TEMPLATES", "Scene", "WEIGHTS_DIR", "caption", "change_one", "clip_dir",
+    "SIZE", "STYLES", "STYLE_TEMPLATES", "Scene", "VALUES", "WEIGHTS_DIR", "caption", "change_one", "clip_dir",
     "held_out_combos", "is_held_out", "judge", "load_pipeline", "render", "render_batch", "sample_scene",
     "subject", "vocabulary",
 ]

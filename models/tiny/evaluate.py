@@ -26,11 +26,9 @@ from models.tiny.clip import scores
 from models.tiny.judge import JudgeNet, accuracy, load_judge, predict
 from models.tiny.pipeline import generate, load
 from models.tiny.scenes import (
-    ATTRIBUTES, COLORS, COUNTS, OBJECTS, STYLES, Scene, caption, change_one, held_out_combos, render_batch,
-    sample_scene,
+    ATTRIBUTES, COUNTS, VALUES, Scene, caption, change_one, held_out_combos, render_batch, sample_scene,
 )
 
-VALUES = {"object": OBJECTS, "color": tuple(COLORS), "style": STYLES, "count": COUNTS}
 TARGETS = {"color": 0.90, "object": 0.85, "style": 0.80, "count": 0.85}
 FRESH_SEED = 10_000  # seeds of evaluation scenes and prompts, apart from training's
 

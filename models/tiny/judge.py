@@ -15,11 +15,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.tiny.scenes import ATTRIBUTES, COLORS, COUNTS, OBJECTS, STYLES, Scene
+from models.tiny.scenes import ATTRIBUTES, VALUES, Scene
 from models.tiny.tensors import as_uint8, to_signed
 from models.tiny.training import optimize
 
-VALUES: dict[str, tuple] = {"object": OBJECTS, "color": tuple(COLORS), "style": STYLES, "count": COUNTS}
 
 
 class JudgeNet(nn.Module):

@@ -30,6 +30,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 STYLES: tuple[str, ...] = ("plain", "van gogh", "monet", "mondrian", "pollock")
 COUNTS: tuple[int, ...] = (1, 2)
 ATTRIBUTES: tuple[str, ...] = ("object", "color", "style", "count")
+VALUES: dict[str, tuple] = {"object": OBJECTS, "color": tuple(COLORS), "style": STYLES, "count": COUNTS}
 
 PLAIN_TEMPLATES: tuple[str, ...] = ("{subject}", "a photograph of {subject}", "a picture of {subject}")
 STYLE_TEMPLATES: tuple[str, ...] = (
@@ -258,6 +259,5 @@ def render_batch(scenes: list[Scene]) -> np.ndarray:
 def change_one(scene: Scene, rng: random.Random, attribute: str | None = None) -> Scene:
     """`scene` with one attribute (`attribute`, or a random one) set to a different value."""
     attribute = attribute or rng.choice(ATTRIBUTES)
-    values = {"object": OBJECTS, "color": tuple(COLORS), "style": STYLES, "count": COUNTS}[attribute]
-    new = rng.choice([v for v in values if v != scene.attributes()[attribute]])
+    new = rng.choice([v for v in VALUES[attribute] if v != scene.attributes()[attribute]])
     return Scene(**{**scene.attributes(), attribute: new, "seed": scene.seed})
