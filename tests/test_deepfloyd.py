@@ -7,13 +7,10 @@ from transformers import T5Config, T5EncoderModel
 
 import interp
 from interp.errors import UnsupportedModelError
-from interp.graph import Graph, Noise, Restore, Run, Swap
-from interp.runner import run
 from models.testing import dummy_if_pipeline, dummy_t5_tokenizer
 from tests.configs import IF_I_XL_UNET, T5_V11_XXL
 from tests.conftest import PROMPT
-
-RUN = dict(seed=1, steps=2, guidance_scale=5.0)
+from tests.family_checks import check_family
 
 
 def test_if_full_size_sites_on_meta():
@@ -44,23 +41,9 @@ def test_if_no_operations_reproduce_the_pipeline_and_restore_everything():
     torch.set_num_threads(1)
     pipe = dummy_if_pipeline()
     model = interp.load(pipe)
-    span = model.locate(PROMPT, "van gogh")
-    assert model.tokens(PROMPT)[span.last] == "\u2581gogh"
-    noise = [Noise("text-embed", tokens=span.positions, std=3.0)]
-    alone = run(model, Graph([Run("clean", PROMPT.upper(), **RUN)]), progress=False).images  # IF lowercases prompts
-    graph = Graph([Run("clean", PROMPT, **RUN)])
-    graph.add(Run("corrupted", PROMPT, ops=noise, **RUN))
-    graph.add(Run("restored", PROMPT, ops=[*noise, *(Restore(s.name, source="clean") for s in model.sites())], **RUN))
-    graph.add(Run("swapped", PROMPT, ops=[Swap(["cross-attn-2"], "a painting")], **RUN))
-    images = run(model, graph, progress=False).images
-    with torch.no_grad():
-        plain = pipe(PROMPT, num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(1),
-                     output_type="pt").images[0]
-    assert torch.equal(alone["clean"], (plain / 2 + 0.5).clamp(0, 1))
-    clean = images["clean"]
-    assert (images["corrupted"] - clean).abs().max() > 1e-3
-    assert (images["restored"] - clean).abs().max() <= 1e-5
-    assert (images["swapped"] - clean).abs().max() > 1e-4
+    assert model.tokens(PROMPT)[model.locate(PROMPT, "van gogh").last] == "\u2581gogh"
+    check_family(pipe, ["text-embed"], ["cross-attn-2"], guidance_scale=5.0, alone_prompt=PROMPT.upper(),  # IF lowercases
+                 to_unit=lambda image: (image / 2 + 0.5).clamp(0, 1))
 
 
 def test_unsupported_pipeline_points_to_the_guide():

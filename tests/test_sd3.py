@@ -7,11 +7,12 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, 
 
 import interp
 from interp.errors import GraphValidationError
-from interp.graph import Graph, Noise, Restore, Run, Swap
+from interp.graph import Graph, Run, Swap
 from interp.runner import run
 from models.testing import dummy_sd3_pipeline, dummy_t5_tokenizer, dummy_tokenizer
 from tests.configs import SD3_MEDIUM_TRANSFORMER, SD15_TEXT, SDXL_TEXT_G, T5_V11_XXL
 from tests.conftest import PROMPT
+from tests.family_checks import check_family
 
 RUN = dict(seed=1, steps=2, guidance_scale=5.0)
 
@@ -43,20 +44,7 @@ def test_sd3_full_size_sites_on_meta():
 def test_sd3_no_operations_reproduce_the_pipeline_and_restore_everything():
     torch.set_num_threads(1)
     pipe = dummy_sd3_pipeline()
-    model = interp.load(pipe)
-    span = model.locate(PROMPT, "van gogh")
-    noise = [Noise("text-embed", tokens=span.positions, std=3.0), Noise("text2-embed", tokens=span.positions, std=3.0)]
-    alone = run(model, Graph([Run("clean", PROMPT, **RUN)]), progress=False).images
-    graph = Graph([Run("clean", PROMPT, **RUN)])
-    graph.add(Run("corrupted", PROMPT, ops=noise, **RUN))
-    graph.add(Run("restored", PROMPT, ops=[*noise, *(Restore(s.name, source="clean") for s in model.sites())], **RUN))
-    images = run(model, graph, progress=False).images
-    with torch.no_grad():
-        plain = pipe(PROMPT, num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(1),
-                     output_type="pt").images[0]
-    assert torch.equal(alone["clean"], plain)
-    clean = images["clean"]
-    assert (images["corrupted"] - clean).abs().max() > 1e-3
-    assert (images["restored"] - clean).abs().max() <= 1e-5
+    check_family(pipe, ["text-embed", "text2-embed"], swap=None, guidance_scale=5.0)
     with pytest.raises(GraphValidationError, match="joint attention"):
-        run(model, Graph([Run("swapped", PROMPT, ops=[Swap(["cross-attn-0"], "a painting")], **RUN)]), progress=False)
+        run(interp.load(pipe), Graph([Run("swapped", PROMPT, ops=[Swap(["cross-attn-0"], "a painting")], **RUN)]),
+            progress=False)

@@ -5,11 +5,9 @@ from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 import interp
-from interp.graph import Graph, Noise, Restore, Run, Swap
-from interp.runner import run
 from models.testing import dummy_sdxl_pipeline, dummy_tokenizer
 from tests.configs import SD15_TEXT, SDXL_TEXT_G, SDXL_UNET
-from tests.conftest import PROMPT
+from tests.family_checks import check_family
 
 
 def test_sdxl_full_size_sites_on_meta():
@@ -32,22 +30,4 @@ def test_sdxl_full_size_sites_on_meta():
 
 
 def test_sdxl_no_operations_reproduce_the_pipeline_and_restore_everything():
-    pipe = dummy_sdxl_pipeline()
-    model = interp.load(pipe)
-    span = model.locate(PROMPT, "van gogh")
-    noise = [Noise("text-embed", tokens=span.positions, std=3.0), Noise("text2-embed", tokens=span.positions, std=3.0)]
-    alone = run(model, Graph([Run("clean", PROMPT, seed=1, steps=2, guidance_scale=5.0)]), progress=False).images
-    graph = Graph([Run("clean", PROMPT, seed=1, steps=2, guidance_scale=5.0)])
-    graph.add(Run("corrupted", PROMPT, seed=1, steps=2, guidance_scale=5.0, ops=noise))
-    graph.add(Run("restored", PROMPT, seed=1, steps=2, guidance_scale=5.0,
-                  ops=[*noise, *(Restore(s.name, source="clean") for s in model.sites())]))
-    graph.add(Run("swapped", PROMPT, seed=1, steps=2, guidance_scale=5.0, ops=[Swap(["cross-attn-4"], "a painting")]))
-    images = run(model, graph, progress=False).images
-    with torch.no_grad():
-        plain = pipe(PROMPT, num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(1),
-                     output_type="pt").images[0]
-    assert torch.equal(alone["clean"], plain)
-    clean = images["clean"]
-    assert (images["corrupted"] - clean).abs().max() > 1e-3
-    assert (images["restored"] - clean).abs().max() <= 1e-5
-    assert (images["swapped"] - clean).abs().max() > 1e-4
+    check_family(dummy_sdxl_pipeline(), ["text-embed", "text2-embed"], ["cross-attn-4"], guidance_scale=5.0)
