@@ -24,7 +24,7 @@ from transformers import CLIPModel, CLIPTokenizer
 from models.tiny import CLIP_DIR, JUDGE_PATH, ROOT, WEIGHTS_DIR
 from models.tiny.clip import scores
 from models.tiny.judge import JudgeNet, accuracy, load_judge, predict
-from models.tiny.pipeline import generate, load
+from models.tiny.pipeline import GUIDANCE, STEPS, generate, load
 from models.tiny.scenes import (
     ATTRIBUTES, COUNTS, VALUES, Scene, caption, change_one, held_out_combos, render_batch, sample_scene,
 )
@@ -141,7 +141,7 @@ def main(root: Path = ROOT, n_seen: int = 54, seeds: int = 4) -> None:
     print(_row("CLIP retrieval top-1 (>= 90)", clip_retrieval(clip, tokenizer), dict.fromkeys(ATTRIBUTES, 0.90)))
     margin = clip_margin(clip, tokenizer, prompted)
     print(f"CLIP right > one-changed caption on generated images (>= 90): {100 * margin:.1f}%")
-    print(f"seconds for 25 steps, batch 8, guidance {7.5}: {speed(pipe):.2f}")
+    print(f"seconds for {STEPS} steps, batch 8, guidance {GUIDANCE}: {speed(pipe):.2f}")
 
 
 if __name__ == "__main__":
