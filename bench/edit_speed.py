@@ -35,6 +35,7 @@ from interp.model import Model
 from interventions import diffquickfix, edits, locoedit
 from models.testing import dummy_sd_pipeline
 from models.vocab import build_clip_tokenizer
+from tests.configs import SD15_TEXT
 
 LAM = 0.01
 TEXT_DIM = 768
@@ -78,18 +79,9 @@ def timed(fn: Callable[[], object], repeats: int = 5) -> Timing:
 def vit_l14_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
     """CLIP ViT-L/14's text encoder (SD1.x's) from its config, random weights, eval mode."""
     torch.manual_seed(0)
-    config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=TEXT_DIM,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return CLIPTextModel(config).eval()
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    return CLIPTextModel(CLIPTextConfig(**SD15_TEXT, **ids)).eval()
 
 
 def cross_attention_stub(layers: tuple[int, ...]) -> nn.Module:

@@ -15,14 +15,14 @@ import argparse
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
 
 import interp
 from bench.timing import load_note, timed_interleaved
 from interp.graph import Graph, Restore, Run
 from interp.runner import run
 from models.vocab import build_clip_tokenizer
-from tests.configs import SD15_TEXT, SD15_UNET
+from bench.edit_speed import vit_l14_text_encoder
+from tests.configs import SD15_UNET
 
 PROMPT = "a photo of a cat in the style of van gogh"
 SITE = "down-1-resnet-1"
@@ -32,8 +32,7 @@ def sd15_width_pipeline() -> StableDiffusionPipeline:
     """SD1.5's UNet and text encoder from their configs; a small VAE (decoding is not what is measured)."""
     torch.manual_seed(0)
     tokenizer = build_clip_tokenizer(PROMPT.split())
-    text = CLIPTextModel(CLIPTextConfig(**SD15_TEXT, bos_token_id=tokenizer.bos_token_id,
-                                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    text = vit_l14_text_encoder(tokenizer)
     vae = AutoencoderKL(block_out_channels=(32, 64, 64, 64), latent_channels=4, norm_num_groups=32,
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
     pipe = StableDiffusionPipeline(
