@@ -33,15 +33,10 @@ GUIDANCE = 7.5
 
 
 def tiny_judge(images: torch.Tensor) -> list[dict]:
-    """The tiny model's judge, loaded on first use so this module imports without the weights.
+    """The tiny model's judge, loaded on first use so this module imports without the weights."""
+    from models.tiny import judge_images
 
-    Called through `models.tiny.judge`'s module functions: the package's `judge()` helper is
-    replaced by the submodule of the same name once anything imports `models.tiny.judge`.
-    """
-    from models.tiny import JUDGE_PATH
-    from models.tiny.judge import load_judge, predict
-
-    return predict(load_judge(JUDGE_PATH), images)
+    return judge_images(images)
 
 
 @dataclass(frozen=True)

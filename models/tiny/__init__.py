@@ -53,9 +53,11 @@ def clip_dir() -> Path:
     return CLIP_DIR
 
 
-def judge(images) -> list[dict]:
+def judge_images(images) -> list[dict]:
     """Attributes read from `images` (PIL images, uint8 (N, H, W, 3) arrays, or float (N, 3, H, W)
-    tensors in [0, 1]): one dict per image with keys "object", "color", "style", "count"."""
+    tensors in [0, 1]): one dict per image with keys "object", "color", "style", "count".
+
+    Not named `judge`: that is the submodule `models.tiny.judge`, which importing would rebind."""
     from models.tiny.judge import load_judge, predict
 
     return predict(load_judge(JUDGE_PATH), images)
@@ -64,6 +66,6 @@ def judge(images) -> list[dict]:
 __all__ = [
     "ATTRIBUTES", "CLIP_DIR", "COLORS", "COUNTS", "JUDGE_PATH", "OBJECTS", "PLAIN_TEMPLATES", "PLURALS",
     "SIZE", "STYLES", "STYLE_TEMPLATES", "Scene", "VALUES", "WEIGHTS_DIR", "caption", "change_one", "clip_dir",
-    "held_out_combos", "is_held_out", "judge", "load_pipeline", "render", "render_batch", "sample_scene",
+    "held_out_combos", "is_held_out", "judge_images", "load_pipeline", "render", "render_batch", "sample_scene",
     "subject", "vocabulary",
 ]
