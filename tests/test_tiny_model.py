@@ -10,7 +10,7 @@ from diffusers import StableDiffusionPipeline
 from transformers import CLIPModel, CLIPTokenizer
 
 from models.tiny import (
-    JUDGE_PATH, WEIGHTS_DIR, Scene, caption, clip_dir, judge, load_pipeline, render_batch,
+    JUDGE_PATH, WEIGHTS_DIR, Scene, caption, clip_dir, judge_images, load_pipeline, render_batch,
 )
 from models.tiny.clip import scores
 from models.tiny.evaluate import judge_accuracy
@@ -56,7 +56,7 @@ MIN_CORRECT = {"style": 5, "count": 5, "color": 3}
 
 def test_generated_images_have_the_prompted_attributes(pipe: StableDiffusionPipeline) -> None:
     images = generate(pipe, [caption(s, i) for i, s in enumerate(PROMPTED)], [0] * len(PROMPTED))
-    judged = judge(images)
+    judged = judge_images(images)
     correct = {a: sum(j[a] == s.attributes()[a] for j, s in zip(judged, PROMPTED)) for a in MIN_CORRECT}
     assert all(correct[a] >= n for a, n in MIN_CORRECT.items()), (correct, judged)
 
