@@ -26,8 +26,7 @@ WIDTH = 64  # text hidden size = the UNet's cross_attention_dim
 
 
 def build_clip(tokenizer: CLIPTokenizer, patch_size: int = 4) -> CLIPModel:
-    """A small CLIP: 3-layer text and vision transformers, 64-wide (4x4 patches see shapes; 8x8
-    patches make a cheap stand-in vision tower for pretraining the text tower)."""
+    """A small CLIP: 3-layer text and vision transformers, 64-wide (4x4 patches see shapes)."""
     tower = dict(hidden_size=WIDTH, intermediate_size=4 * WIDTH, num_hidden_layers=3, num_attention_heads=4)
     config = CLIPConfig(
         text_config=dict(
@@ -63,17 +62,13 @@ def token_ids(tokenizer: CLIPTokenizer, captions: Sequence[str]) -> torch.Tensor
 
 def train_clip(
     images: np.ndarray, scenes: Sequence[Scene], tokenizer: CLIPTokenizer, steps: int, batch: int = 256,
-    seed: int = 0, text_from: CLIPModel | None = None,
+    seed: int = 0,
 ) -> CLIPModel:
-    """Contrastive training on uint8 renders (N, H, W, 3) of `scenes`. Without `text_from`: a CLIP
-    with the cheap 8x8-patch vision tower, to train the text tower. With it: the full CLIP, whose
-    text tower is copied from `text_from` and frozen (it is the diffusion model's text encoder)."""
+    """Contrastive training of both towers together on uint8 renders (N, H, W, 3) of `scenes`: the
+    text tower learns from a vision tower that sees shapes, so object words separate too."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    model = build_clip(tokenizer, patch_size=8 if text_from is None else 4)
-    if text_from is not None:
-        model.text_model.load_state_dict(text_from.text_model.state_dict())
-        model.text_model.requires_grad_(False)
+    model = build_clip(tokenizer)
     pixels = to_clip_pixels(images)
 
     def loss_at(step: int) -> torch.Tensor:

@@ -1,10 +1,8 @@
 """Train every part of the tiny model from scratch and save the weights: `python -m models.tiny.train`.
 
-Stages, each seeded on its own and saved as soon as it is trained: vae (on renders) -> vae_decoder
-(decoder-only color fine-tune, latents unchanged) -> judge (on renders and VAE reconstructions);
-clip (tokenizer + contrastive CLIP with a cheap vision tower, on renders) -> clip_vision (the full
-CLIP, its text tower copied and frozen); unet (on cached VAE latents, text from the CLIP's text
-tower) -> the assembled pipeline. `--stages` retrains some stages from the saved others; a full run
+Stages, each seeded on its own and saved as soon as it is trained: vae (on renders) -> judge (on
+renders and VAE reconstructions); clip (tokenizer + contrastive CLIP, both towers, on renders);
+unet (on cached VAE latents, text from the CLIP's text tower) -> the assembled pipeline. `--stages` retrains some stages from the saved others; a full run
 reproduces the shipped weights (up to CPU floating-point nondeterminism).
 """
 
@@ -31,11 +29,11 @@ from models.tiny.scenes import Scene, is_held_out, render, sample_scene
 from models.tiny.tensors import from_signed, to_signed
 from models.tiny.tokenizer import build_tokenizer
 from models.tiny.unet import train_unet
-from models.tiny.vae import decode, encode, train_vae, tune_decoder
+from models.tiny.vae import decode, encode, train_vae
 
 SEED = 0
-SCENES = 12_000
-STEPS = {"vae": 600, "vae_decoder": 400, "judge": 900, "clip": 400, "clip_vision": 500, "unet": 1000}
+SCENES = 16_000
+STEPS = {"vae": 1500, "judge": 900, "clip": 800, "unet": 5000}
 STAGES = tuple(STEPS)
 
 
@@ -62,11 +60,6 @@ def main(stages: tuple[str, ...] = STAGES, scale: float = 1.0, out: Path = ROOT,
         shutil.rmtree(pipeline_dir, ignore_errors=True)
         train_vae(pixels[torch.from_numpy(seen)], steps["vae"], seed=SEED).save_pretrained(str(pipeline_dir / "vae"))
         times["vae"] = time.time() - start
-    if "vae_decoder" in stages:
-        vae = AutoencoderKL.from_pretrained(str(pipeline_dir / "vae"))
-        tune_decoder(vae, pixels[torch.from_numpy(seen)], steps["vae_decoder"], seed=SEED + 1)
-        vae.save_pretrained(str(pipeline_dir / "vae"))
-        times["vae_decoder"] = time.time() - start
     if "judge" in stages or "unet" in stages:
         vae = AutoencoderKL.from_pretrained(str(pipeline_dir / "vae")).eval().requires_grad_(False)
         latents = encode(vae, pixels)
@@ -83,11 +76,6 @@ def main(stages: tuple[str, ...] = STAGES, scale: float = 1.0, out: Path = ROOT,
         clip = train_clip(images[seen], seen_scenes, tokenizer, steps["clip"], seed=SEED)
         save_clip(clip, tokenizer, clip_dir)
         times["clip"] = time.time() - start
-    if "clip_vision" in stages:
-        clip = CLIPModel.from_pretrained(str(clip_dir))
-        clip = train_clip(images[seen], seen_scenes, tokenizer, steps["clip_vision"], seed=SEED + 1, text_from=clip)
-        save_clip(clip, tokenizer, clip_dir)
-        times["clip_vision"] = time.time() - start
     if "unet" in stages:
         encoder = text_encoder_of(CLIPModel.from_pretrained(str(clip_dir)))
         unet = train_unet(latents[torch.from_numpy(seen)], seen_scenes, encoder, tokenizer, steps["unet"], seed=SEED)

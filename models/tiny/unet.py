@@ -17,7 +17,8 @@ from models.tiny.training import optimize
 
 LATENT_SIZE = 8
 UNCOND_PROB = 0.1  # share of training captions replaced by "" for classifier-free guidance
-EMA_DECAY = 0.995
+EMA_DECAY = 0.998
+MIN_SNR_GAMMA = 5.0  # Min-SNR loss weighting (Hang et al., 2023): faster convergence per step
 
 
 def build_unet() -> UNet2DConditionModel:
@@ -52,18 +53,40 @@ def embed(encoder: CLIPTextModel, tokenizer: CLIPTokenizer, captions: Sequence[s
     return encoder(token_ids(tokenizer, captions)).last_hidden_state
 
 
+class EmbeddingCache:
+    """Context of each distinct caption, computed once: the encoder is frozen and the tiny world
+    has a few thousand captions, so training steps need not rerun it."""
+
+    def __init__(self, encoder: CLIPTextModel, tokenizer: CLIPTokenizer) -> None:
+        self.encoder, self.tokenizer, self.states = encoder, tokenizer, {}
+
+    def __call__(self, captions: Sequence[str]) -> torch.Tensor:
+        new = list(dict.fromkeys(c for c in captions if c not in self.states))
+        if new:
+            self.states.update(zip(new, embed(self.encoder, self.tokenizer, new)))
+        return torch.stack([self.states[c] for c in captions])
+
+
+def min_snr_weights(sched: DDPMScheduler, t: torch.Tensor, gamma: float = MIN_SNR_GAMMA) -> torch.Tensor:
+    """Per-sample epsilon-loss weights min(SNR, gamma) / SNR at timesteps `t`."""
+    alpha_bar = sched.alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    return snr.clamp(max=gamma) / snr
+
+
 def train_unet(
     latents: torch.Tensor, scenes: Sequence[Scene], encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
     steps: int, batch: int = 64, seed: int = 0,
 ) -> UNet2DConditionModel:
-    """Epsilon-prediction training on scaled `latents` of `scenes` with random captions; returns
-    the exponential moving average of the weights."""
+    """Epsilon-prediction training (Min-SNR weighted) on scaled `latents` of `scenes` with random
+    captions; returns the exponential moving average of the weights."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     unet = build_unet()
     ema = copy.deepcopy(unet).requires_grad_(False)
     sched = noise_scheduler()
+    context = EmbeddingCache(encoder, tokenizer)
 
     def loss_at(step: int) -> torch.Tensor:
         idx = torch.randint(len(latents), (batch,), generator=gen)
@@ -71,8 +94,9 @@ def train_unet(
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
-        pred = unet(sched.add_noise(x0, noise, t), t, embed(encoder, tokenizer, captions)).sample
-        return F.mse_loss(pred, noise)
+        pred = unet(sched.add_noise(x0, noise, t), t, context(captions)).sample
+        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        return (min_snr_weights(sched, t) * per_sample).mean()
 
     @torch.no_grad()
     def update_ema(step: int) -> None:

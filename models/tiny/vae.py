@@ -28,9 +28,10 @@ def build_vae() -> AutoencoderKL:
     )
 
 
-def train_vae(pixels: torch.Tensor, steps: int, batch: int = 16, seed: int = 0) -> AutoencoderKL:
-    """Fit a VAE to `pixels` (N, 3, H, W) in [-1, 1] with L1 + MSE reconstruction and a small KL;
-    sets `scaling_factor` so scaled latents have unit variance, as SD does."""
+def train_vae(pixels: torch.Tensor, steps: int, batch: int = 32, seed: int = 0) -> AutoencoderKL:
+    """Fit a VAE to `pixels` (N, 3, H, W) in [-1, 1] with L1 + MSE reconstruction, a per-cell color
+    term from the first step (without it hues drift: red decodes as orange) and a small KL; sets
+    `scaling_factor` so scaled latents have unit variance, as SD does."""
     torch.manual_seed(seed)
     vae = build_vae()
     gen = torch.Generator().manual_seed(seed)
@@ -39,7 +40,7 @@ def train_vae(pixels: torch.Tensor, steps: int, batch: int = 16, seed: int = 0) 
         x = pixels[torch.randint(len(pixels), (batch,), generator=gen)]
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
-        return reconstruction_loss(recon, x) + KL_WEIGHT * posterior.kl().mean()
+        return reconstruction_loss(recon, x, COLOR_WEIGHT) + KL_WEIGHT * posterior.kl().mean()
 
     optimize(vae.parameters(), loss_at, steps, lr=2e-3, desc="vae")
     vae.eval().requires_grad_(False)
@@ -52,27 +53,6 @@ def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, color_weight: floa
     """L1 + MSE, plus `color_weight` times the L1 error of 4x4-pooled colors (one per latent cell)."""
     err = recon - x
     return err.abs().mean() + err.pow(2).mean() + color_weight * F.avg_pool2d(err, 4).abs().mean()
-
-
-def tune_decoder(vae: AutoencoderKL, pixels: torch.Tensor, steps: int, batch: int = 32, seed: int = 0) -> None:
-    """Fine-tune only the decoder, with extra weight on per-cell color, keeping the encoder (and so
-    every latent the UNet learns from) fixed: a short joint VAE training leaves hues drifting."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    vae.requires_grad_(False)
-    decoder = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
-    for p in decoder:
-        p.requires_grad_(True)
-    vae.train()
-
-    def loss_at(step: int) -> torch.Tensor:
-        x = pixels[torch.randint(len(pixels), (batch,), generator=gen)]
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.sample(generator=gen)
-        return reconstruction_loss(vae.decode(z).sample, x, COLOR_WEIGHT)
-
-    optimize(decoder, loss_at, steps, lr=1e-3, desc="vae decoder")
-    vae.eval().requires_grad_(False)
 
 
 @torch.no_grad()
