@@ -57,6 +57,7 @@ class _Action:
     run: str
     rows: list[int]
     source_rows: list[int] = field(default_factory=list)
+    element: int = 0  # which element of a tuple output (`Site.element`)
     context: torch.Tensor | None = None  # Swap: the replacement text embedding
 
 
@@ -170,7 +171,7 @@ def _hook_points(
                 continue
             site = model.site(op.site)
             rows = _rows(index, n, cfg, op.branch, site.is_text)
-            action = _Action(op, name, rows)
+            action = _Action(op, name, rows, element=site.element)
             if isinstance(op, Restore):
                 action.source_rows = _rows(chunk.index(op.source), n, cfg, op.branch, site.is_text)
             point(site.component, site.path, "output", site.tuple_output).actions.append(action)
@@ -222,9 +223,9 @@ def _visit(envoy: Any, hook: _HookPoint, actions: list[_Action], captures: dict)
             context[action.rows] = action.context.to(context.device, context.dtype)
         envoy.input = context
         return
-    out = envoy.output[0] if hook.tuple_output else envoy.output
+    output = envoy.output
     for action in actions:
-        _apply(action, out, captures)
+        _apply(action, output[action.element] if hook.tuple_output else output, captures)
 
 
 def _envoy(root: Any, component: str, path: str) -> Any:

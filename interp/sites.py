@@ -26,8 +26,9 @@ class Site:
     """One hook point: the output (or, for `io="input"`, the first input) of a module.
 
     `order` is the position of this site's event in one forward pass of its component, so sorting
-    by (component rank, order) is forward order. `tuple_output` marks modules that return a tuple
-    whose first element is the activation (text-encoder self-attention). `kv_paths` names, for a
+    by (component rank, order) is forward order. `tuple_output` marks modules that return a tuple;
+    `element` is the index of the site's activation in it (0: text-encoder self-attention; 1: the
+    image stream of an MMDiT joint block, which returns (text, image)). `kv_paths` names, for a
     cross-attention site, the key and value projections whose input is the text embedding.
     """
 
@@ -38,6 +39,7 @@ class Site:
     block: str = ""
     order: int = 0
     tuple_output: bool = False
+    element: int = 0
     kv_paths: tuple[str, ...] = ()
     aliases: tuple[str, ...] = field(default=())
 
@@ -54,13 +56,18 @@ class Site:
 
 @dataclass(frozen=True)
 class SitePattern:
-    """A rule naming modules: a regex over module paths and a name template over its groups."""
+    """A rule naming modules: a regex over module paths and a name template over its groups.
+
+    `element` picks the activation from a module that returns a tuple (see `Site.element`); several
+    patterns may match one module to name several elements of its output.
+    """
 
     regex: str
     name: str
     kind: str
     block: str = ""
     kv: tuple[str, ...] = ()
+    element: int = 0
 
     def match(self, path: str) -> dict[str, str] | None:
         found = re.fullmatch(self.regex, path)
@@ -191,23 +198,23 @@ def name_sites(
     events: dict[str, Event],
     rename: Callable[[str, str, dict[str, str]], str] | None = None,
 ) -> list[Site]:
-    """Apply naming patterns to every module path of `module`, ordered by `events`."""
+    """Apply naming patterns to every module path of `module` (each matching pattern names one site),
+    ordered by `events`; modules never called in forward (e.g. an unused projection) are skipped."""
     sites = []
     for path, _ in module.named_modules():
+        if path not in events:
+            continue
+        event = events[path]
         for pattern in patterns:
             groups = pattern.match(path)
             if groups is None:
                 continue
-            if path not in events:
-                break  # never called in forward (e.g. an unused projection)
             name = pattern.name.format(**groups)
             if rename is not None:
                 name = rename(name, path, groups)
-            event = events[path]
             kv = tuple(f"{path}.{k}" for k in pattern.kv)
             sites.append(Site(name, component, path, pattern.kind, pattern.block.format(**groups),
-                              event.post, event.tuple_output, kv))
-            break
+                              event.post, event.tuple_output, pattern.element, kv))
     return sorted(sites, key=lambda s: s.order)
 
 

@@ -4,9 +4,10 @@ Text sites per encoder: `text-*` (CLIP-L), `text2-*` (bigG), `text3-*` (T5). Eac
 carries two streams, image and text (`site.block`): `block-N-attn` (the joint attention's image
 output; image queries read text keys/values through `add_k_proj`/`add_v_proj`, its key/value
 projections; LoCoGen index `cross-attn-N`), `block-N-self-attn` (SD3.5's second, image-only
-attention, where present), `block-N-ff` (image), `block-N-text-ff` and `block-N-text` (the text
-stream's feed-forward and block output; the last block updates no text stream). The image stream's
-block output is the second element of a block's output tuple, which sites do not address yet.
+attention, where present), `block-N-ff` (image), `block-N` (the image stream's block output, named
+as PixArt's), `block-N-text-ff` and `block-N-text` (the text stream's feed-forward and block output;
+the last block updates no text stream). A joint block returns (text, image), so `block-N-text` is
+element 0 of its output and `block-N` element 1 (`SitePattern.element`).
 
 Prompts are encoded as `StableDiffusion3Pipeline.encode_prompt` does without clip skip: both CLIP
 encoders' penultimate states, concatenated and zero-padded to T5's width, then T5's states (256
@@ -37,6 +38,7 @@ def mmdit_patterns() -> tuple[SitePattern, ...]:
         SitePattern(_BLOCK + r"\.attn2", "block-{n}-self-attn", "self-attn", "image"),
         SitePattern(_BLOCK + r"\.ff", "block-{n}-ff", "ff", "image"),
         SitePattern(_BLOCK + r"\.ff_context", "block-{n}-text-ff", "ff", "text"),
+        SitePattern(_BLOCK, "block-{n}", "block", "image", element=1),
         SitePattern(_BLOCK, "block-{n}-text", "block", "text"),
     )
 
@@ -84,7 +86,7 @@ class StableDiffusion3Adapter(StableDiffusionAdapter):
             return sites
         # a block without a text feed-forward (the last, `context_pre_only`) outputs no text stream
         with_text_ff = {_block_index(s) for s in sites if s.name.endswith("-text-ff")}
-        kept = [s for s in sites if s.kind != "block" or _block_index(s) in with_text_ff]
+        kept = [s for s in sites if (s.kind, s.block) != ("block", "text") or _block_index(s) in with_text_ff]
         return super().finish_names(component, kept)  # LoCoGen's cross-attn-N alias on the joint attention
 
     def meta_forward(

@@ -23,7 +23,7 @@ def hooks(model: interp.Model, edits: dict[str, Callable[[torch.Tensor], None]])
         module = model.components[site.component].get_submodule(site.path)
 
         def hook(_m, _args, out, edit=edit, site=site):
-            edit(out[0] if site.tuple_output else out)
+            edit(out[site.element] if site.tuple_output else out)
 
         handles.append(module.register_forward_hook(hook))
     try:

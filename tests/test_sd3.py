@@ -7,7 +7,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, 
 
 import interp
 from interp.errors import GraphValidationError
-from interp.graph import Graph, Run, Swap
+from interp.graph import Capture, Graph, Noise, Restore, Run, Swap
 from interp.runner import run
 from models.testing import dummy_sd3_pipeline, dummy_t5_tokenizer, dummy_tokenizer
 from tests.configs import SD3_MEDIUM_TRANSFORMER, SD15_TEXT, SDXL_TEXT_G, T5_V11_XXL
@@ -35,9 +35,12 @@ def test_sd3_full_size_sites_on_meta():
     assert len(cross) == 24 and model.site("cross-attn-23") is model.site("block-23-attn")
     assert cross[0].kv_paths == ("transformer_blocks.0.attn.add_k_proj", "transformer_blocks.0.attn.add_v_proj")
     names = [s.name for s in model.sites(component="transformer")]
-    assert names[:5] == ["block-0-attn", "block-0-ff", "block-0-text-ff", "block-0-text", "block-1-attn"]
-    assert names[-2:] == ["block-23-attn", "block-23-ff"]  # the last block updates no text stream
-    assert len(names) == 4 * 23 + 2
+    assert names[:6] == ["block-0-attn", "block-0-ff", "block-0-text-ff", "block-0", "block-0-text", "block-1-attn"]
+    assert names[-3:] == ["block-23-attn", "block-23-ff", "block-23"]  # the last block updates no text stream
+    assert len(names) == 5 * 23 + 3
+    image, text = model.site("block-5"), model.site("block-5-text")
+    assert image.path == text.path == "transformer_blocks.5" and (image.element, text.element) == (1, 0)
+    assert (image.block, text.block) == ("image", "text")
     assert model.default_size() == (1024, 1024)
 
 
@@ -48,3 +51,21 @@ def test_sd3_no_operations_reproduce_the_pipeline_and_restore_everything():
     with pytest.raises(GraphValidationError, match="joint attention"):
         run(interp.load(pipe), Graph([Run("swapped", PROMPT, ops=[Swap(["cross-attn-0"], "a painting")], **RUN)]),
             progress=False)
+
+
+def test_sd3_block_sites_address_the_image_and_text_streams():
+    torch.set_num_threads(1)
+    pipe = dummy_sd3_pipeline()
+    model = interp.load(pipe)
+    noise = Noise("text3-embed", std=3.0)
+    graph = Graph([Run("clean", PROMPT, ops=[Capture("block-0"), Capture("block-0-text")], **RUN),
+                   Run("corrupted", PROMPT, ops=[noise], **RUN),
+                   Run("restored", PROMPT, ops=[noise, Restore("block-1", source="clean")], **RUN)])
+    result = run(model, graph, progress=False)
+    image, text = result.captures["clean"]["block-0"], result.captures["clean"]["block-0-text"]
+    assert image.shape[:3] == (2, 2, (8 // 2) ** 2)  # steps, CFG rows, 8x8 latent patches of 2
+    assert text.shape[:3] == (2, 2, model.adapter.token_length(pipe, 0) + model.adapter.token_length(pipe, 2))
+    images = result.images
+    assert (images["corrupted"] - images["clean"]).abs().max() > 1e-3
+    # the last block's image stream is all the output depends on besides the pooled (CLIP) embedding
+    assert (images["restored"] - images["clean"]).abs().max() <= 1e-5
