@@ -241,4 +241,4 @@ def _validate_positions(model: Model, where: str, site: Site, op: Op) -> None:
         return
     if not site.is_text:
         raise GraphValidationError(f"{where}: token positions apply to text-encoder sites, not {site.name}")
-    model.check_positions(op.tokens)
+    model.check_positions(op.tokens, site)

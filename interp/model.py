@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SubjectSpan:
-    """Where a subject sits in a tokenized prompt: padded-sequence positions, BOS at 0."""
+    """Where a subject sits in one tokenizer's padded sequence (CLIP: BOS at 0; T5 has no BOS)."""
 
     subject: str
     positions: tuple[int, ...]
@@ -98,34 +98,45 @@ class Model:
             max_length=self.adapter.token_length(self.pipe, tokenizer_index), truncation=True, return_tensors="pt",
         ).input_ids
 
-    def tokens(self, prompt: str) -> list[str]:
-        """The prompt's tokens up to and including the first EOS."""
-        tokenizer = self.tokenizer
-        ids = self.token_ids([prompt])[0].tolist()
+    def tokenizer_index(self, site: str | Site) -> int:
+        """The tokenizer whose positions `site`'s tokens are: its text encoder's (tokenizers and text
+        encoders pair up in order; SD3's `text3-*` sites read T5's), the first for denoiser sites."""
+        component = self.site(site).component
+        encoders = self.adapter.text_encoders
+        return encoders.index(component) if component in encoders else 0
+
+    def tokens(self, prompt: str, tokenizer_index: int = 0) -> list[str]:
+        """The prompt's tokens (of one tokenizer) up to and including the first EOS."""
+        tokenizer = self.tokenizers[tokenizer_index]
+        ids = self.token_ids([prompt], tokenizer_index)[0].tolist()
         end = ids.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in ids else len(ids)
         return tokenizer.convert_ids_to_tokens(ids[:end])
 
-    def locate(self, prompt: str, subject: str) -> SubjectSpan:
-        """Token positions of `subject` in `prompt` (the first occurrence)."""
-        tokenizer = self.tokenizer
+    def locate(self, prompt: str, subject: str, tokenizer_index: int = 0) -> SubjectSpan:
+        """Token positions of `subject` in `prompt` (the first occurrence) as tokenizer
+        `tokenizer_index` splits it; `tokenizer_index(site)` says which one a site's positions use."""
+        tokenizer = self.tokenizers[tokenizer_index]
         wanted = tokenizer(self.adapter.preprocess(subject), add_special_tokens=False).input_ids
-        ids = self.token_ids([prompt])[0].tolist()
+        ids = self.token_ids([prompt], tokenizer_index)[0].tolist()
         for start in range(len(ids) - len(wanted) + 1):
             if wanted and ids[start : start + len(wanted)] == wanted:
                 positions = tuple(range(start, start + len(wanted)))
                 return SubjectSpan(subject, positions, tuple(tokenizer.convert_ids_to_tokens(wanted)))
         raise SubjectNotFoundError(
             f"subject {subject!r} (tokens {tokenizer.convert_ids_to_tokens(wanted)}) is not in prompt "
-            f"{prompt!r}, whose tokens are {self.tokens(prompt)}; pass a subject spelled as in the prompt"
+            f"{prompt!r}, whose tokens are {self.tokens(prompt, tokenizer_index)}; pass a subject spelled as in "
+            "the prompt"
         )
 
-    def check_positions(self, positions: tuple[int, ...] | list[int]) -> None:
-        """Raise `TokenRangeError` for a position outside the padded sequence."""
-        bad = [p for p in positions if not -self.max_length <= p < self.max_length]
+    def check_positions(self, positions: tuple[int, ...] | list[int], site: str | Site | None = None) -> None:
+        """Raise `TokenRangeError` for a position outside the padded sequence (`site`'s tokenizer's)."""
+        length = self.adapter.token_length(self.pipe, 0 if site is None else self.tokenizer_index(site))
+        bad = [p for p in positions if not -length <= p < length]
         if bad:
+            where = "" if site is None else f" of {self.site(site).name}"
             raise TokenRangeError(
-                f"token positions {bad} are out of range: sequences have {self.max_length} "
-                f"positions (0 .. {self.max_length - 1}, BOS at 0)"
+                f"token positions {bad} are out of range: sequences{where} have {length} positions "
+                f"(0 .. {length - 1})"
             )
 
     # generation -----------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Causal tracing (Basu et al., ICLR 2024, with ROME's corruption): which states carry an attribute.
 
 Three kinds of run per (prompt, seed) unit: *clean*; *corrupted* (Gaussian noise on the input
-embeddings of the subject tokens, std = `noise` x the empirical std of those tokens' embedding
-rows, a fixed seed per corrupted sample); *restored* (corrupted, but one state copied back from
+embeddings of the subject tokens in every text encoder, at the positions its own tokenizer gives
+them, std = `noise` x the empirical std of those tokens' embedding rows, a fixed seed per corrupted
+sample); *restored* (corrupted, but one state copied back from
 the clean run: a denoiser site at every step, or one text-encoder (site, token) state). Each
 image is CLIP-scored against its prompt; the indirect effect is IE = S_restored - S_corrupted,
 normalised by S_clean - S_corrupted. Everything is one graph, so the runner batches all restored
@@ -32,12 +33,22 @@ ROLES = ("before subject", "first subject", "middle subject", "last subject", "f
 
 @dataclass(frozen=True)
 class Unit:
-    """One (prompt, subject, seed) repetition of a trace."""
+    """One (prompt, subject, seed) repetition of a trace, with the subject's span and the prompt's
+    tokens (up to EOS) per tokenizer: positions differ between tokenizers (T5 has no BOS)."""
 
     prompt: str
     seed: int
-    span: SubjectSpan
-    tokens: tuple[str, ...]  # the prompt's tokens up to EOS
+    spans: tuple[SubjectSpan, ...]
+    token_lists: tuple[tuple[str, ...], ...]
+
+    @property
+    def span(self) -> SubjectSpan:
+        """The subject in the first tokenizer's sequence, which results are labelled with."""
+        return self.spans[0]
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return self.token_lists[0]
 
     def record(self) -> dict:
         return {"prompt": self.prompt, "subject": self.span.subject, "seed": self.seed,
@@ -57,19 +68,29 @@ def make_units(model: Model, prompt: Prompts, subject: str | None, seeds: Sequen
     for text, subj in pairs:
         if subj is None:
             raise ValueError(f"prompt {text!r} has no subject; pass subject= or (prompt, subject) pairs")
-    return [
-        Unit(text, int(seed), model.locate(text, subj), tuple(t.removesuffix("</w>") for t in model.tokens(text)))
-        for text, subj in pairs
-        for seed in seeds
-    ]
+    tokenizers = range(len(model.tokenizers))
+    units = []
+    for text, subj in pairs:
+        spans = tuple(model.locate(text, subj, i) for i in tokenizers)
+        token_lists = tuple(tuple(t.removesuffix("</w>") for t in model.tokens(text, i)) for i in tokenizers)
+        units += [Unit(text, int(seed), spans, token_lists) for seed in seeds]
+    return units
 
 
-def embedding_std(model: Model, units: Sequence[Unit]) -> float:
-    """Empirical std of the subject tokens' input-embedding rows, pooled over all units' subjects."""
-    site = model.sites("text-embed")[0]
+def embedding_std(model: Model, units: Sequence[Unit], site: Site | None = None) -> float:
+    """Empirical std of the subject tokens' rows in `site`'s input embedding (the first text
+    encoder's by default), pooled over all units' subjects."""
+    site = site or model.sites("text-embed")[0]
+    index = model.tokenizer_index(site)
     weight = model.components[site.component].get_submodule(site.path).weight
-    ids = {int(model.token_ids([u.prompt])[0][p]) for u in units for p in u.span.positions}
+    ids = {int(model.token_ids([u.prompt], index)[0][p]) for u in units for p in u.spans[index].positions}
     return float(weight[sorted(ids)].detach().float().std())
+
+
+def corruption(model: Model, unit: Unit, stds: dict[str, float], seed: int) -> list[Noise]:
+    """Noise on the subject's input embeddings in every text encoder (`stds`: per embedding site)."""
+    return [Noise(name, tokens=unit.spans[model.tokenizer_index(name)].positions, std=std, seed=seed)
+            for name, std in stds.items()]
 
 
 class TraceResult(ScoreGrid):
@@ -145,8 +166,7 @@ def _trace(
     """Build the clean / corrupted / restored graph for every unit, run it once, score, aggregate."""
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    std = noise * embedding_std(model, units)
-    embed = model.sites("text-embed")[0].name
+    stds = {site.name: noise * embedding_std(model, units, site) for site in model.sites("text-embed")}
     shape = tuple(len(coords[a]) for a in axes)
     graph, texts = Graph(), {}
     layout: list[dict[tuple[int, ...], list[list[str]]]] = []  # unit -> cell -> sample -> run names
@@ -158,15 +178,15 @@ def _trace(
 
     for u, unit in enumerate(units):
         clean = add(f"u{u}/clean", unit, [])
-        corruptions = [Noise(embed, tokens=unit.span.positions, std=std, seed=k) for k in range(samples)]
+        corruptions = [corruption(model, unit, stds, k) for k in range(samples)]
         for k, corrupt in enumerate(corruptions):
-            add(f"u{u}/n{k}/corrupted", unit, [corrupt])
+            add(f"u{u}/n{k}/corrupted", unit, corrupt)
         cells = {}
         for index in np.ndindex(*shape):
             label = "/".join(str(coords[a][i]) for a, i in zip(axes, index))
             restores = cell_runs(unit, index, clean)
             cells[index] = [
-                [add(f"u{u}/n{k}/{label}/{j}", unit, [corrupt, *ops]) for j, ops in enumerate(restores)]
+                [add(f"u{u}/n{k}/{label}/{j}", unit, [*corrupt, *ops]) for j, ops in enumerate(restores)]
                 for k, corrupt in enumerate(corruptions)
             ]
         layout.append(cells)
@@ -180,7 +200,7 @@ def _trace(
                 restored[(u, *index)] = np.mean(values)
     clean = [scores[f"u{u}/clean"] for u in range(len(units))]
     corrupted = [np.mean([scores[f"u{u}/n{k}/corrupted"] for k in range(samples)]) for u in range(len(units))]
-    settings = {**settings, "noise": noise, "noise_std": std, "samples": samples, "steps": steps,
+    settings = {**settings, "noise": noise, "noise_std": stds, "samples": samples, "steps": steps,
                 "guidance_scale": guidance_scale}
     return TraceResult(axes, coords, {"clean": clean, "corrupted": corrupted, "restored": restored},
                        [u.record() for u in units], settings, images)
@@ -272,27 +292,31 @@ def trace_text_encoder(
 ) -> TraceResult:
     """Causal trace of text-encoder states: restore one (site, token position) state, generate, score.
 
-    Axes ("site", "token"). With one prompt the token axis is its positions up to EOS (or
-    `tokens`); with several prompts and `tokens=None` it is ROME's token roles ("last subject",
-    "first after", ...), each unit's positions averaged within their role.
+    Axes ("site", "token"). Positions are those of each site's own tokenizer. With one prompt that
+    the sites' tokenizers split alike, the token axis is its positions up to EOS (or `tokens`);
+    with several prompts, or tokenizers that differ (SD3's CLIP and T5), and `tokens=None` it is
+    ROME's token roles ("last subject", "first after", ...), each unit's positions averaged within
+    their role.
     """
     sites = text_sites(model, kinds, layers)
+    tokenizer_of = [model.tokenizer_index(site) for site in sites]
     units = make_units(model, prompt, subject, seeds)
-    by_role = tokens is None and len({u.prompt for u in units}) > 1
+    splits = {units[0].token_lists[i] for i in tokenizer_of}
+    by_role = tokens is None and (len({u.prompt for u in units}) > 1 or len(splits) > 1)
     if by_role:
         token_labels = list(ROLES)
     else:
-        if tokens is not None:
-            model.check_positions(tokens)
-        positions = list(tokens) if tokens is not None else list(range(len(units[0].tokens)))
-        words = units[0].tokens
+        for site in sites if tokens is not None else ():
+            model.check_positions(tokens, site)
+        words = next(iter(splits)) if len(splits) == 1 else ()
+        positions = list(tokens) if tokens is not None else list(range(len(words)))
         token_labels = [f"{p}:{words[p]}" if p < len(words) else str(p) for p in positions]
 
     def cell_runs(unit: Unit, index: tuple[int, ...], clean: str) -> list[list[Restore]]:
-        site = sites[index[0]].name
+        site, tokenizer = sites[index[0]].name, tokenizer_of[index[0]]
         if by_role:
-            length = len(unit.tokens)
-            chosen = [p for p in range(length) if token_role(p, unit.span, length) == ROLES[index[1]]]
+            span, length = unit.spans[tokenizer], len(unit.token_lists[tokenizer])
+            chosen = [p for p in range(length) if token_role(p, span, length) == ROLES[index[1]]]
         else:
             chosen = [positions[index[1]]]
         return [[Restore(site, tokens=(p,), source=clean)] for p in chosen]

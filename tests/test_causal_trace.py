@@ -53,7 +53,7 @@ def test_trace_keeps_images_and_settings(model, unet_trace):
     # clean + 2 corrupted samples + 3 cells x 2 samples
     assert len(unet_trace.images) == 9 and unet_trace.images["u0/clean"].dtype == np.uint8
     subject_std = embedding_std(model, make_units(model, PROMPT, "van gogh", (0,)))
-    assert unet_trace.settings["noise_std"] == pytest.approx(3.0 * subject_std)
+    assert unet_trace.settings["noise_std"] == pytest.approx({"text-embed": 3.0 * subject_std})
     assert "mid-cross-attn" in unet_trace.table()
 
 

@@ -12,6 +12,7 @@ from interp.runner import run
 from models.testing import dummy_sd3_pipeline, dummy_t5_tokenizer, dummy_tokenizer
 from tests.configs import SD3_MEDIUM_TRANSFORMER, SD15_TEXT, SDXL_TEXT_G, T5_V11_XXL
 from tests.conftest import PROMPT
+from interventions.causal_trace import corruption, make_units
 from tests.family_checks import check_family
 
 RUN = dict(seed=1, steps=2, guidance_scale=5.0)
@@ -69,3 +70,28 @@ def test_sd3_block_sites_address_the_image_and_text_streams():
     assert (images["corrupted"] - images["clean"]).abs().max() > 1e-3
     # the last block's image stream is all the output depends on besides the pooled (CLIP) embedding
     assert (images["restored"] - images["clean"]).abs().max() <= 1e-5
+
+
+def test_sd3_text_positions_follow_each_encoders_tokenizer():
+    torch.set_num_threads(1)
+    model = interp.load(dummy_sd3_pipeline())
+    unit = make_units(model, PROMPT, "van gogh", (0,))[0]
+    clip, t5 = unit.spans[0], unit.spans[2]
+    assert [model.tokenizer_index(s) for s in ("text-mlp-0", "text2-embed", "text3-hidden-1", "block-0")] == [0, 1, 2, 0]
+    assert clip.positions == (8, 9) and t5.positions == (7, 8)  # CLIP has a BOS, T5 none
+    assert [unit.token_lists[2][p] for p in t5.positions] == ["\u2581van", "\u2581gogh"]
+    embeds = [s.name for s in model.sites("text-embed")]
+    noise = corruption(model, unit, {name: 1.0 for name in embeds}, seed=0)
+    restore = [Restore(op.site, tokens=op.tokens) for op in noise]
+    graph = Graph([Run("clean", PROMPT, ops=[Capture(name) for name in embeds], **RUN),
+                   Run("corrupted", PROMPT, ops=[*noise, *(Capture(name) for name in embeds)], **RUN),
+                   Run("restored", PROMPT, ops=[*noise, *restore], **RUN),
+                   Run("clip positions", PROMPT, ops=[*noise, *restore[:2], Restore("text3-embed", tokens=clip.positions)],
+                       **RUN)])
+    result = run(model, graph, progress=False)
+    for name, span in zip(embeds, unit.spans):
+        changed = (result.captures["corrupted"][name] != result.captures["clean"][name]).any(-1)[0, 0]
+        assert tuple(changed.nonzero().flatten().tolist()) == span.positions
+    images = result.images
+    assert (images["restored"] - images["clean"]).abs().max() <= 1e-5
+    assert (images["clip positions"] - images["clean"]).abs().max() > 1e-4
