@@ -171,11 +171,11 @@ def trace(
 ) -> None:
     """Causal tracing: corrupt the subject, restore one state at a time, print the indirect effects."""
     from interventions.causal_trace import trace_text_encoder, trace_unet
-    from viz.traces import text_encoder_grid, unet_site_map
+    from viz.traces import denoiser_site_map, text_encoder_grid
 
     loaded = _load(model, device)
     loaded.locate(prompt, subject)  # a subject not in the prompt fails before the CLIP loads
-    recipe, figure = (trace_unet, unet_site_map) if target is Target.unet else (trace_text_encoder, text_encoder_grid)
+    recipe, figure = (trace_unet, denoiser_site_map) if target is Target.unet else (trace_text_encoder, text_encoder_grid)
     result = recipe(loaded, prompt, subject, seeds=range(seeds), steps=steps, scorer=_scorer(clip, model, device))
     typer.echo(result.table())
     _save(result, figure(result), out)

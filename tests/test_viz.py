@@ -9,8 +9,8 @@ from interventions.causal_trace import TraceResult
 from interventions.locogen import LocalizeResult
 from tests.random_clip import random_clip_scorer
 from viz import (
-    Report, compare_edits, edit_images, image_grid, locogen_curve, text_encoder_grid, trace_images, unet_layout,
-    unet_site_map,
+    Report, compare_edits, denoiser_site_map, dit_layout, edit_images, image_grid, locogen_curve, text_encoder_grid,
+    trace_images, unet_layout,
 )
 from viz.comparison import EditComparison
 from viz.style import IE_COLORSCALE
@@ -18,6 +18,10 @@ from viz.style import IE_COLORSCALE
 DUMMY_UNET = ["down-0-resnet-0", "down-0-self-attn-0", "down-0-cross-attn-0", "down-0-ff-0", "down-1-resnet-0",
               "mid-resnet-0", "mid-self-attn", "mid-cross-attn", "mid-ff", "mid-resnet-1", "up-0-resnet-0",
               "up-1-resnet-0", "up-1-self-attn-0", "up-1-cross-attn-0", "up-1-ff-0"]
+# SD3's joint blocks in forward order (the last block has no text stream), and PixArt's blocks
+SD3_SITES = [f"block-{n}-{kind}" if kind else f"block-{n}" for n in range(3)
+             for kind in ("attn", "ff", "text-ff", "", "text") if n < 2 or "text" not in kind]
+PIXART_SITES = [f"block-{n}{kind}" for n in range(2) for kind in ("-self-attn", "-cross-attn", "-ff", "")]
 TOKENS = ["0:<|startoftext|>", "1:a", "2:red", "3:van", "4:gogh", "5:<|endoftext|>"]
 PROMPT = "a red van gogh"
 
@@ -69,9 +73,9 @@ def test_unet_layout_repeated_transformer_blocks_get_their_own_columns():
     assert [c.column for c in unet_layout(names)] == [0, 0, 0, 0, 1, 1]
 
 
-def test_unet_site_map_places_values_and_names():
+def test_denoiser_site_map_places_values_and_names():
     result = unet_result()
-    figure = unet_site_map(result)
+    figure = denoiser_site_map(result)
     assert isinstance(figure, go.Figure)
     heatmap = figure.data[0]
     z, text = np.array(heatmap.z, dtype=float), np.array(heatmap.text)
@@ -79,11 +83,12 @@ def test_unet_site_map_places_values_and_names():
     assert z[2, 0] == pytest.approx(ie["down-0-cross-attn-0"]) and text[2, 0] == "down-0-cross-attn-0"
     assert np.isnan(z[1, 1]) and text[1, 1] == ""  # down-1 has no attention
     assert list(figure.layout.xaxis.ticktext) == ["down-0", "down-1", "mid", "up-0", "up-1"]
+    assert len(figure.layout.shapes) == 4  # dotted lines where each block after the first begins
     assert list(heatmap.y) == ["resnet", "self-attn", "cross-attn", "ff"]
 
 
 def test_all_effect_figures_share_one_symmetric_diverging_scale():
-    for figure in (unet_site_map(unet_result()), text_encoder_grid(text_result())):
+    for figure in (denoiser_site_map(unet_result()), text_encoder_grid(text_result())):
         axis = figure.layout.coloraxis
         assert axis.cmid == 0 and axis.cmin == -axis.cmax > -np.inf
         assert [c[1] for c in axis.colorscale] == [c[1] for c in go.Figure(
@@ -101,14 +106,14 @@ def test_text_encoder_grid_one_panel_per_kind_with_token_strings():
 
 
 def test_normalized_ie_and_wrong_results_are_rejected_or_drawn():
-    figure = unet_site_map(unet_result(), value="normalized_ie")
+    figure = denoiser_site_map(unet_result(), value="normalized_ie")
     assert figure.layout.coloraxis.colorbar.title.text == "normalised IE"
     with pytest.raises(ValueError, match="trace_text_encoder"):
         text_encoder_grid(unet_result())
     with pytest.raises(ValueError, match="trace_unet"):
-        unet_site_map(text_result())
+        denoiser_site_map(text_result())
     with pytest.raises(ValueError, match="value"):
-        unet_site_map(unet_result(), value="ie2")
+        denoiser_site_map(unet_result(), value="ie2")
 
 
 def test_locogen_curve_one_line_per_attribute_and_the_chosen_window():
@@ -157,7 +162,7 @@ def test_compare_edits_generates_each_edit_and_reverts(model, comparison, tmp_pa
 
 def test_report_is_self_contained_with_plotly_inlined_once(tmp_path):
     report = Report("Title <&>", "sub").heading("Section").text("a < b").table(["x", "y"], [["row", 0.12345]])
-    report.figure(unet_site_map(unet_result())).figure(locogen_curve(localize_result(1)))
+    report.figure(denoiser_site_map(unet_result())).figure(locogen_curve(localize_result(1)))
     page = report.write(tmp_path / "deep" / "report.html").read_text()
     inlined, external = page.count(get_plotlyjs()), "<script src" in page  # booleans: no megabyte reprs
     assert inlined == 1 and not external

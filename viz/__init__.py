@@ -4,9 +4,9 @@ from viz.comparison import EditComparison, compare_edits
 from viz.images import edit_images, image_grid, trace_images
 from viz.locogen import locogen_curve
 from viz.report import Report
-from viz.traces import text_encoder_grid, unet_layout, unet_site_map
+from viz.traces import denoiser_layout, denoiser_site_map, dit_layout, text_encoder_grid, unet_layout
 
 __all__ = [
-    "EditComparison", "Report", "compare_edits", "edit_images", "image_grid", "locogen_curve", "text_encoder_grid",
-    "trace_images", "unet_layout", "unet_site_map",
+    "EditComparison", "Report", "compare_edits", "denoiser_layout", "denoiser_site_map", "dit_layout", "edit_images",
+    "image_grid", "locogen_curve", "text_encoder_grid", "trace_images", "unet_layout",
 ]

@@ -27,7 +27,7 @@ from viz.comparison import EditComparison, Judge, compare_edits
 from viz.images import edit_images, trace_images
 from viz.locogen import locogen_curve
 from viz.report import Report
-from viz.traces import text_encoder_grid, token_label, unet_site_map
+from viz.traces import denoiser_site_map, text_encoder_grid, token_label
 
 # (prompt, subject) per attribute, in words both the tiny model and the dummy test pipeline know.
 PROMPTS = {
@@ -149,7 +149,7 @@ def build_report(results: DemoResults, model_name: str = "") -> Report:
         "at every denoising step. Red cells bring the attribute back (indirect effect IE = restored - "
         "corrupted CLIP-score).")
     for attribute, result in results.unet.items():
-        report.figure(unet_site_map(result, title=f"UNet sites: {attribute}"))
+        report.figure(denoiser_site_map(result, title=f"UNet sites: {attribute}"))
     report.figure(trace_images(results.unet))
     report.heading("Causal tracing: text encoder").text(
         "The same corruption; one text-encoder state (site kind x layer x token) is restored at a time.")

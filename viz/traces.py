@@ -1,9 +1,11 @@
-"""Causal-tracing figures: the text encoder's (layer x token) grid and the UNet site map.
+"""Causal-tracing figures: the text encoder's (layer x token) grid and the denoiser site map.
 
 Both read a `TraceResult` (live or loaded from disk) and its site names only, so a saved result
 redraws without the model. Names follow the adapters' documented scheme: text sites
-`<encoder>-<kind>-<layer>` (`text-mlp-3`, `text2-self-attn-0`), denoiser sites
-`<block>-<kind>[-<index>]` (`down-1-cross-attn-0`, `mid-ff`, `up-0-resnet-2`).
+`<encoder>-<kind>-<layer>` (`text-mlp-3`, `text2-self-attn-0`), UNet sites
+`<block>-<kind>[-<index>]` (`down-1-cross-attn-0`, `mid-ff`, `up-0-resnet-2`), DiT sites
+`block-<N>[-<kind>]` (PixArt's `block-3-cross-attn`, SD3's `block-3-attn`, `block-3-text-ff`, and
+`block-3` for a block's output).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from viz.style import ie_coloraxis, styled, symmetric_range
 Value = Literal["ie", "normalized_ie"]
 TEXT_SITE = re.compile(r"^(?P<encoder>text\d*)-(?P<kind>embed|self-attn|mlp|hidden)(?:-(?P<layer>\d+))?$")
 UNET_ROWS = ("resnet", "self-attn", "cross-attn", "ff")
+DIT_SITE = re.compile(r"^block-(?P<index>\d+)(?:-(?P<kind>[a-z][a-z-]*))?$")
 UNET_SITE = re.compile(r"^(?P<block>[^+]+?)-(?P<kind>resnet|self-attn|cross-attn|ff)(?:[-.](?P<index>[\d.]+))?$")
 VALUE_TITLES = {"ie": "IE", "normalized_ie": "normalised IE"}
 SPECIAL_TOKENS = {"<|startoftext|>": "BOS", "<|endoftext|>": "EOS"}  # CLIP's, shortened on the axis
@@ -82,9 +85,9 @@ class Cell:
     """A denoiser site's place in the site map."""
 
     name: str
-    row: int  # index into UNET_ROWS
+    row: int  # index into the layout's rows (UNET_ROWS for a UNet)
     column: int
-    block: str  # "down-0", "mid", "up-1", ...
+    block: str  # "down-0", "mid", "up-1", ...; a DiT's block index ("0", "1", ...)
 
 
 def unet_layout(names: list[str]) -> list[Cell]:
@@ -106,32 +109,55 @@ def unet_layout(names: list[str]) -> list[Cell]:
     return cells
 
 
-def unet_site_map(result: TraceResult, value: Value = "ie", title: str = "UNet") -> go.Figure:
-    """The UNet's sites as a grid (down, mid, up left to right; resnet / self-attn / cross-attn /
-    ff rows), coloured by `value`; hover shows each site's name and value."""
+def dit_layout(names: list[str]) -> tuple[tuple[str, ...], list[Cell]]:
+    """Rows and cells of DiT sites (`block-N[-kind]`): a column per transformer block, a row per
+    site kind ("block" for the block's output), image-stream rows first, then SD3's text stream
+    (kinds starting with "text"), each in order of first appearance. Other names are skipped."""
+    found = [(name, match) for name in names if (match := DIT_SITE.match(name))]
+    kinds = dict.fromkeys(match["kind"] or "block" for _, match in found)
+    rows = tuple(sorted(kinds, key=lambda kind: kind.startswith("text")))
+    cells = [Cell(name, rows.index(match["kind"] or "block"), int(match["index"]), match["index"])
+             for name, match in found]
+    return rows, cells
+
+
+def denoiser_layout(names: list[str]) -> tuple[tuple[str, ...], list[Cell]]:
+    """Rows and cells of the site map: a DiT's if any name is a DiT site, else a UNet's."""
+    if any(DIT_SITE.match(name) for name in names):
+        return dit_layout(names)
+    return UNET_ROWS, unet_layout(names)
+
+
+def denoiser_site_map(result: TraceResult, value: Value = "ie", title: str = "Denoiser") -> go.Figure:
+    """The denoiser's sites as a grid coloured by `value`, hover showing each site's name and value.
+
+    A UNet: down, mid, up blocks left to right, resnet / self-attn / cross-attn / ff rows. A DiT
+    (PixArt, SD3): transformer blocks left to right, a row per site kind and stream (`dit_layout`).
+    """
     if result.axes != ("site",):
         raise ValueError(f"need a trace_unet result (axis site), got axes {result.axes}")
     values = dict(zip(result.coords["site"], _values(result, value)))
-    cells = unet_layout(list(values))
+    rows, cells = denoiser_layout(list(values))
     if not cells:
         raise ValueError(f"no denoiser site names among {result.coords['site'][:5]}...; trace single sites")
-    width = cells[-1].column + 1
-    z = np.full((len(UNET_ROWS), width), np.nan)
-    text = np.full((len(UNET_ROWS), width), "", dtype=object)
+    width = max(cell.column for cell in cells) + 1
+    z = np.full((len(rows), width), np.nan)
+    text = np.full((len(rows), width), "", dtype=object)
     for cell in cells:
         z[cell.row, cell.column], text[cell.row, cell.column] = values[cell.name], cell.name
     figure = go.Figure(go.Heatmap(
-        z=z, x=list(range(width)), y=list(UNET_ROWS), text=text, coloraxis="coloraxis", xgap=3, ygap=3,
+        z=z, x=list(range(width)), y=list(rows), text=text, coloraxis="coloraxis", xgap=3, ygap=3,
         hovertemplate="%{text}<br>" + VALUE_TITLES[value] + " %{z:.4f}<extra></extra>", hoverongaps=False,
         name="sites",
     ))
-    starts = {}
+    starts: dict[str, int] = {}
     for cell in cells:
         starts.setdefault(cell.block, cell.column)
-    for block, start in list(starts.items())[1:]:
-        figure.add_vline(x=start - 0.5, line=dict(color="#444", width=1, dash="dot"))
+    if len(starts) < width:  # blocks span several columns (a UNet): mark where each begins
+        for start in list(starts.values())[1:]:
+            figure.add_vline(x=start - 0.5, line=dict(color="#444", width=1, dash="dot"))
     figure.update_xaxes(tickvals=list(starts.values()), ticktext=list(starts), title="block (forward order →)",
                         showgrid=False, zeroline=False)
     figure.update_yaxes(autorange="reversed", showgrid=False)
     figure.update_layout(coloraxis=ie_coloraxis(symmetric_range([z]), VALUE_TITLES[value]))
-    return styled(figure, f"{title}<br><sup>{_subtitle(result)}</sup>", height=330)
+    return styled(figure, f"{title}<br><sup>{_subtitle(result)}</sup>", height=max(330, 90 + 60 * len(rows)))
