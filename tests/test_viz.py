@@ -73,7 +73,30 @@ def test_unet_layout_repeated_transformer_blocks_get_their_own_columns():
     assert [c.column for c in unet_layout(names)] == [0, 0, 0, 0, 1, 1]
 
 
-def test_denoiser_site_map_places_values_and_names():
+def test_dit_layout_blocks_are_columns_and_kinds_rows_image_stream_first():
+    rows, cells = dit_layout(SD3_SITES + ["none", "block-0-attn+block-1-attn"])
+    assert rows == ("attn", "ff", "block", "text-ff", "text")
+    placed = {c.name: (c.row, c.column) for c in cells}
+    assert set(placed) == set(SD3_SITES)
+    assert placed["block-0-attn"] == (0, 0) and placed["block-2"] == (2, 2) and placed["block-1-text"] == (4, 1)
+    assert dit_layout(PIXART_SITES)[0] == ("self-attn", "cross-attn", "ff", "block")
+
+
+def test_denoiser_site_map_draws_dit_blocks():
+    result = unet_result(SD3_SITES)
+    figure = denoiser_site_map(result)
+    heatmap = figure.data[0]
+    z, text = np.array(heatmap.z, dtype=float), np.array(heatmap.text)
+    assert list(heatmap.y) == ["attn", "ff", "block", "text-ff", "text"] and z.shape == (5, 3)
+    ie = dict(zip(SD3_SITES, result.ie))
+    assert z[2, 1] == pytest.approx(ie["block-1"]) and text[2, 1] == "block-1"
+    assert np.isnan(z[4, 2]) and text[4, 2] == ""  # the last block updates no text stream
+    assert list(figure.layout.xaxis.ticktext) == ["0", "1", "2"] and not figure.layout.shapes  # no block dividers
+    pixart = denoiser_site_map(unet_result(PIXART_SITES)).data[0]
+    assert list(pixart.y) == ["self-attn", "cross-attn", "ff", "block"] and np.array(pixart.z).shape == (4, 2)
+
+
+def test_denoiser_site_map_places_unet_values_and_names():
     result = unet_result()
     figure = denoiser_site_map(result)
     assert isinstance(figure, go.Figure)
