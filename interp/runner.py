@@ -274,7 +274,11 @@ def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool) -> 
             call_kwargs.update(adapter.uncond_kwargs(pipe, lambda: _encode(model, [""] * len(runs))))
         swaps = {(op.prompt, model.site(s)) for r in runs for op in r.ops if isinstance(op, Swap) for s in op.sites}
         conds = {p: _encode(model, [p]) for p in {p for p, _ in swaps}}
-        contexts = {(p, site.name): adapter.kv_input(pipe, site, conds[p]) for p, site in swaps}
+        by_prompt: dict[str, list[Site]] = defaultdict(list)
+        for prompt, site in swaps:
+            by_prompt[prompt].append(site)
+        contexts = {(p, site.name): context for p, sites in by_prompt.items()
+                    for site, context in zip(sites, adapter.kv_inputs(pipe, sites, conds[p]))}
     hooks = _hook_points(model, graph, chunk, contexts)
     text_hooks = [h for h in hooks if h.component != adapter.denoiser]
     step_hooks = [h for h in hooks if h.component == adapter.denoiser]

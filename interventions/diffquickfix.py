@@ -10,6 +10,13 @@ values are the outputs minus the bias (W' k_new): with the bias added back, the 
 reproduces the new concept's full output. The edit is returned, not applied (see
 `interventions.edits.apply`); its parameter names are relative to the text encoder.
 
+Which encoder: a CLIP text tower, the first by default (SD 1.x/2.x's only one; SDXL's and SD3's
+CLIP-L, or `encoder="text_encoder_2"` for their OpenCLIP bigG). Those models also read the prompt
+through their other encoders, so one edit per CLIP encoder removes more. T5 encoders (DeepFloyd IF,
+PixArt, SD3's third) are refused: T5 is bidirectional, so the concept is not confined to the last
+subject token and the positions after it, which are the method's keys; edit those models'
+denoiser with `interventions.locoedit` instead.
+
     edit = diffquickfix.edit(model, old=["van gogh", "monet"], new="painting")
     with edits.applied(model, edit):
         ...
@@ -23,9 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from interp.editing import Edit, _check_positive, solve_closed_form
-from interp.errors import UnknownSiteError
+from interp.errors import UnknownSiteError, UnsupportedModelError
 from interp.model import Model
-from interventions.edits import pairs, template_prompts
+from interventions.edits import is_clip, pairs, template_prompts
 
 TEMPLATES = ("{}", "a photo of {}", "an image of {}", "a picture of {}")
 LAM = 0.01
@@ -38,17 +45,20 @@ def edit(
     layer: int = 0,
     lam: float = LAM,
     templates: Sequence[str] = TEMPLATES,
+    encoder: str | None = None,
 ) -> Edit:
-    """The DiffQuickFix edit mapping each `old` concept onto its `new` one at text layer `layer`.
+    """The DiffQuickFix edit mapping each `old` concept onto its `new` one at text layer `layer` of
+    the CLIP text encoder component `encoder` (the first text encoder by default).
 
     `old` and `new` are one concept or lists (a single `new` serves every `old`); all pairs go into
     one solve. Raises `SubjectNotFoundError` if a concept's tokens are not found in its prompt
     (e.g. cut off by the tokenizer's length), `UnknownSiteError` for a layer the encoder lacks and
-    `EditInputError` for lam <= 0; nothing is written in any case.
+    `EditInputError` for lam <= 0 and `UnsupportedModelError` for an encoder that is not CLIP;
+    nothing is written in any case.
     """
     _check_positive("lam", lam)
-    component, path = out_proj(model, layer)
-    keys, values = collect_pairs(model, old, new, layer, templates)
+    component, path = out_proj(model, layer, encoder)
+    keys, values = collect_pairs(model, old, new, layer, templates, component)
     name = f"{path}.weight"
     weight = model.components[component].get_parameter(name)
     metadata = {
@@ -58,16 +68,41 @@ def edit(
     return Edit({name: solve_closed_form(weight, keys, values, lam)}, metadata)
 
 
-def out_proj(model: Model, layer: int) -> tuple[str, str]:
-    """(component, module path) of the out-projection of text self-attention layer `layer`."""
-    sites = model.sites("text-self-attn", component=model.adapter.text_encoders[0])
+def out_proj(model: Model, layer: int, encoder: str | None = None) -> tuple[str, str]:
+    """(component, module path) of the out-projection of self-attention layer `layer` of CLIP text
+    encoder `encoder` (the first text encoder by default)."""
+    component = clip_encoder(model, encoder)
+    sites = model.sites("text-self-attn", component=component)
     if not isinstance(layer, int) or not 0 <= layer < len(sites):
         raise UnknownSiteError(
-            f"text-encoder layer {layer!r} does not exist: the text encoder has {len(sites)} "
+            f"text-encoder layer {layer!r} does not exist: {component} has {len(sites)} "
             f"self-attention layers, 0 .. {len(sites) - 1} ({sites[0].name} .. {sites[-1].name})"
         )
-    site = model.site(f"text-self-attn-{layer}")
-    return site.component, f"{site.path}.out_proj"
+    return component, f"{sites[layer].path}.out_proj"
+
+
+def clip_encoder(model: Model, encoder: str | None = None) -> str:
+    """`encoder` (default: the first text encoder) checked to be one of the model's CLIP text towers."""
+    names = model.adapter.text_encoders
+    component = names[0] if encoder is None else encoder
+    clip = [n for n in names if is_clip(model.components[n])]
+    if component in clip:
+        tokenizer = model.tokenizers[names.index(component)]
+        if tokenizer.get_vocab() != model.tokenizer.get_vocab():
+            raise UnsupportedModelError(
+                f"{component}'s tokenizer has another vocabulary than the first one, which locates subjects; "
+                f"DiffQuickFix needs CLIP tokenizers that share one (as SDXL's and SD3's do)"
+            )
+        return component
+    if component not in names:
+        raise UnknownSiteError(f"{model!r} has no text encoder {component!r}; its text encoders are {list(names)}")
+    raise UnsupportedModelError(
+        f"DiffQuickFix edits a causal CLIP text encoder, but {component} of this {model.adapter.family} model is "
+        f"a {type(model.components[component]).__name__}: a bidirectional encoder (T5) does not confine the "
+        f"concept to the last subject token and the positions after it (the method's keys). "
+        + (f"Pass encoder= one of {clip}, or use" if clip else "Use")
+        + " interventions.locoedit, which edits the denoiser's key/value projections."
+    )
 
 
 def collect_pairs(
@@ -76,13 +111,15 @@ def collect_pairs(
     new: str | Sequence[str],
     layer: int = 0,
     templates: Sequence[str] = TEMPLATES,
+    encoder: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Keys (n, in) and values (n, out) of every (old, new) pair in every template.
 
-    Subjects are located in every prompt before anything runs; old and new prompts share one
+    Subjects are located in every prompt before anything runs (by the first tokenizer, whose
+    vocabulary `clip_encoder` checks the encoder's shares); old and new prompts share one
     forward pass of the text encoder, stopped at the out-projection.
     """
-    component, path = out_proj(model, layer)
+    component, path = out_proj(model, layer, encoder)
     olds, news = [], []
     for old_concept, new_concept in pairs(old, new):
         old_prompts, new_prompts = template_prompts(templates, old_concept), template_prompts(templates, new_concept)

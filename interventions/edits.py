@@ -53,6 +53,12 @@ def applied(model: Model, edit: Edit) -> Iterator[Model]:
         revert(model, edit)
 
 
+def is_clip(encoder: nn.Module) -> bool:
+    """Whether a text encoder is a CLIP text tower, whose causal mask makes a token's state independent
+    of the tokens after it (T5, in DeepFloyd IF, PixArt and SD3, is bidirectional)."""
+    return getattr(encoder.config, "model_type", None) == "clip_text_model"
+
+
 def as_list(concepts: str | Sequence[str], what: str) -> list[str]:
     """One concept or several, as a non-empty list of non-empty strings."""
     listed = [concepts] if isinstance(concepts, str) else list(concepts)

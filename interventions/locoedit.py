@@ -1,13 +1,21 @@
 """LoCoEdit (Basu et al., ICML 2024): remove a concept by a closed-form update of the key and value
 projections (W_K, W_V) of the cross-attention layers LoCoGen localizes it to.
 
-Keys are the text encoder's output (the prompt embedding the cross-attention layers read) at the
-last subject token of the old concept in a few templates ("a painting in the style of van gogh");
-each key's value, per matrix, is the unedited matrix applied to the target prompt's embedding at
-its last subject token ("painting" in "a painting"). So after the edit the localized layers see
-"painting" where the prompt says "van gogh", and every other layer is untouched. W_K and W_V have
-separate lambdas, as in the paper (its code ignores lam_v). The edit is returned, not applied (see
-`interventions.edits.apply`); its parameter names are relative to the denoiser.
+Keys are what each edited layer's key/value projections read (`Adapter.kv_input`) at the last
+subject token of the old concept in a few templates ("a painting in the style of van gogh"); each
+key's value, per matrix, is the unedited matrix applied to the same layer's input for the target
+prompt at its last subject token ("painting" in "a painting"). So after the edit the localized
+layers see "painting" where the prompt says "van gogh", and every other layer is untouched. W_K and
+W_V have separate lambdas, as in the paper (its code ignores lam_v). The edit is returned, not
+applied (see `interventions.edits.apply`); its parameter names are relative to the denoiser.
+
+What a layer reads differs per family: SD/SDXL, the prompt embedding (one set of keys for every
+layer, one solve); PixArt, the caption-projected T5 states (also shared); DeepFloyd IF, the
+projected T5 states group-normed by each attention (keys per layer); SD3, each joint block's own
+text stream, averaged over a short fixed-seed generation (see `StableDiffusion3Adapter.kv_inputs`).
+Layers whose keys and targets agree share one solve. Keys sit at the last subject token of the
+first tokenizer's part of the sequence: SD3's T5 part, bidirectional like IF's encoder (where the
+paper finds LoCoEdit fails), is not edited.
 
     edit = locoedit.edit(model, ["van gogh", "monet"], "painting", layers=("cross-attn-8", "cross-attn-9"))
 """
@@ -23,7 +31,7 @@ from interp.editing import Edit, _check_positive, solve_shared_keys
 from interp.errors import UnknownSiteError
 from interp.model import Model
 from interp.sites import Site
-from interventions.edits import pairs, template_prompts
+from interventions.edits import is_clip, pairs, template_prompts
 
 TEMPLATES = ("{}", "a painting in the style of {}", "a photo in the style of {}", "a picture in the style of {}")
 STYLE_WINDOW = ("cross-attn-8", "cross-attn-9")  # LoCoGen's style window in SD1.5 and SD2.1
@@ -31,6 +39,7 @@ TARGET_PROMPT = "a {}"
 LAM = 0.01
 
 Layers = str | int | Sequence[str | int] | None
+Pairs = tuple[Tensor, Tensor]  # keys (n, d), targets (n, d)
 
 
 def edit(
@@ -54,17 +63,37 @@ def edit(
     _check_positive("lam_k", lam_k)
     _check_positive("lam_v", lam_v)
     sites = cross_attention_layers(model, layers)
-    keys, targets = collect(model, old, new, templates, target_prompt)
-    denoiser = model.denoiser
-    k_names, v_names = ([f"{s.kv_paths[i]}.weight" for s in sites] for i in (0, 1))  # to_k, to_v
-    k_weights = {name: denoiser.get_parameter(name) for name in k_names}
-    v_weights = {name: denoiser.get_parameter(name) for name in v_names}
+    collected = collect(model, old, new, templates, target_prompt, [s.name for s in sites])
+    weights: dict[str, Tensor] = {}
+    for group, (keys, targets) in _shared(sites, collected):
+        k_weights, v_weights = ({name: model.denoiser.get_parameter(name) for name in _weight_names(group, i)}
+                                for i in (0, 1))  # to_k, to_v
+        weights.update(solve(k_weights, v_weights, keys, targets, lam_k, lam_v))
     metadata = {
         "method": "locoedit", "component": model.adapter.denoiser, "layers": [s.name for s in sites],
         "lam_k": lam_k, "lam_v": lam_v, "concepts": [list(p) for p in pairs(old, new)],
         "templates": list(templates), "target_prompt": target_prompt,
     }
-    return Edit(solve(k_weights, v_weights, keys, targets, lam_k, lam_v), metadata)
+    return Edit(weights, metadata)
+
+
+def _weight_names(sites: list[Site], which: int) -> list[str]:
+    """The weight names of the sites' key (`which` 0) or value (1) projections."""
+    return [f"{s.kv_paths[which]}.weight" for s in sites]
+
+
+def _shared(sites: list[Site], collected: Mapping[str, Pairs]) -> list[tuple[list[Site], Pairs]]:
+    """Sites grouped by identical (keys, targets), in order: each group is one solve."""
+    groups: list[tuple[list[Site], Pairs]] = []
+    for site in sites:
+        keys, targets = collected[site.name]
+        for members, (k, t) in groups:
+            if torch.equal(k, keys) and torch.equal(t, targets):
+                members.append(site)
+                break
+        else:
+            groups.append(([site], (keys, targets)))
+    return groups
 
 
 def solve(
@@ -86,36 +115,37 @@ def collect(
     new: str | Sequence[str],
     templates: Sequence[str] = TEMPLATES,
     target_prompt: str = TARGET_PROMPT,
-) -> tuple[Tensor, Tensor]:
-    """Keys (n, d): prompt embeddings at the last subject token of every old concept in every
-    template; targets (n, d): the matching new concept's embedding in `target_prompt`.
+    layers: Layers = "all",
+) -> dict[str, Pairs]:
+    """Per cross-attention site of `layers` (by name): keys (n, d), the site's key/value input at the
+    last subject token of every old concept in every template, and targets (n, d), its input at the
+    matching new concept in `target_prompt`.
 
     Subjects are located in every prompt first; all prompts share one text-encoder pass, which for
-    a causal (CLIP) encoder stops at the last subject token instead of running the padding.
+    causal (CLIP) encoders stops at the last subject token instead of running the padding, and one
+    `Adapter.kv_inputs` call for all sites.
     """
+    sites = cross_attention_layers(model, layers)
     located = []
     for old_concept, new_concept in pairs(old, new):
         target = (target_prompt.format(new_concept), new_concept)
         for prompt in template_prompts(templates, old_concept):
             located.append(((prompt, old_concept), target))
     unique = list(dict.fromkeys(p for row in located for p in row))
-    positions = [model.locate(prompt, subject).last for prompt, subject in unique]
+    positions = torch.tensor([model.locate(prompt, subject).last for prompt, subject in unique])
     ids = [model.token_ids([p for p, _ in unique], i) for i in range(len(model.tokenizers))]
-    if _causal(model):  # states up to the subject do not depend on later tokens: skip the padding
-        ids = [i[:, : max(positions) + 1] for i in ids]
-    with torch.no_grad():
-        embeddings = model.adapter.context(model.adapter.encode(model.pipe, ids))
-    states = embeddings[torch.arange(len(unique)), torch.tensor(positions)]
+    # SD/SDXL: no CLIP state depends on a later token and the layers read the states as they are
+    if all(map(is_clip, model.text_encoders)):
+        ids = [i[:, : int(positions.max()) + 1] for i in ids]
     row = {pair: i for i, pair in enumerate(unique)}
-    keys = states[[row[key] for key, _ in located]]
-    targets = states[[row[target] for _, target in located]]
-    return keys, targets
-
-
-def _causal(model: Model) -> bool:
-    """Whether every text encoder is a CLIP text tower, whose causal mask makes a token's state
-    independent of the tokens after it (T5, DeepFloyd's encoder, is bidirectional)."""
-    return all(getattr(e.config, "model_type", None) == "clip_text_model" for e in model.text_encoders)
+    key_rows, target_rows = [row[key] for key, _ in located], [row[target] for _, target in located]
+    with torch.no_grad():
+        inputs = model.adapter.kv_inputs(model.pipe, sites, model.adapter.encode(model.pipe, ids))
+    collected = {}
+    for site, kv in zip(sites, inputs):
+        states = kv[torch.arange(len(unique)), positions.to(kv.device)]
+        collected[site.name] = (states[key_rows], states[target_rows])
+    return collected
 
 
 def cross_attention_layers(model: Model, layers: Layers = None) -> list[Site]:

@@ -129,3 +129,8 @@ class Adapter(ABC):
         """What `site`'s key/value projections (`site.kv_paths`) take as input, given `encode`'s output:
         the context by default; a family that projects or normalizes it first (per layer) says so."""
         return self.context(cond)
+
+    def kv_inputs(self, pipe: Any, sites: list[Site], cond: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """`kv_input` of each of `sites`, in order; a family whose inputs all come from one forward pass
+        (SD3's joint attention) computes them in that one pass."""
+        return [self.kv_input(pipe, site, cond) for site in sites]

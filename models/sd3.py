@@ -22,13 +22,15 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from interp.errors import GraphValidationError, UnsupportedModelError
+from interp.errors import UnsupportedModelError
 from interp.sites import Site, SitePattern
 from models.base import register
 from models.sd import StableDiffusionAdapter, clip_text_patterns
 from models.t5 import t5_meta_call, t5_text_patterns
 
 _BLOCK = r"transformer_blocks\.(?P<n>\d+)"
+KV_STEPS = 4  # steps of the generation whose text streams `kv_inputs` averages
+KV_SEED = 0
 
 
 def mmdit_patterns() -> tuple[SitePattern, ...]:
@@ -111,8 +113,36 @@ class StableDiffusion3Adapter(StableDiffusionAdapter):
         return {"prompt_embeds": torch.cat([clip, t5_embeds], dim=-2), "pooled_prompt_embeds": torch.cat(pooled, -1)}
 
     def kv_input(self, pipe: Any, site: Site, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise GraphValidationError(
-            f"Swap on {site.name}: SD3's joint attention reads each block's own text stream, which depends on "
-            "the step and the image, so it cannot be computed from the other prompt alone; swap is not "
-            "supported for MMDiT models yet (use Restore or Set on text sites)"
-        )
+        return self.kv_inputs(pipe, [site], cond)[0]
+
+    def kv_inputs(self, pipe: Any, sites: list[Site], cond: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """What each joint attention's `add_k_proj`/`add_v_proj` read for the prompt(s) in `cond`: the
+        block's own (normalized, timestep-modulated) text stream, averaged over a short generation.
+
+        That stream depends on the block, the step and the image, so no single tensor is exact. The
+        approximation: generate each prompt alone (no guidance, `KV_STEPS` steps, the pipeline's
+        default size, seed `KV_SEED` for every row, so a prompt's result does not depend on the
+        others in the batch) and average each block's input over the steps. Swap feeds this to the
+        swapped blocks at every step; LoCoEdit takes its keys and targets from it.
+        """
+        transformer = pipe.transformer
+        sums: dict[str, torch.Tensor] = {}
+
+        def record(name: str) -> Callable[..., None]:
+            def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+                sums[name] = sums.get(name, 0) + args[0].detach().float()
+
+            return hook
+
+        handles = [transformer.get_submodule(s.kv_paths[0]).register_forward_pre_hook(record(s.name)) for s in sites]
+        height, width = self.default_size(pipe)
+        rows = len(cond["prompt_embeds"])
+        try:
+            with torch.no_grad():
+                pipe(**cond, num_inference_steps=KV_STEPS, guidance_scale=1.0, height=height, width=width,
+                     output_type="latent", generator=[torch.Generator().manual_seed(KV_SEED) for _ in range(rows)])
+        finally:
+            for handle in handles:
+                handle.remove()
+        dtype = cond["prompt_embeds"].dtype
+        return [(sums[s.name] / KV_STEPS).to(dtype) for s in sites]

@@ -127,7 +127,8 @@ def dummy_t5_encoder(tokenizer: T5Tokenizer, width: int = 32, layers: int = 2) -
 def dummy_if_pipeline(seed: int = 0, width: int = 32, text_layers: int = 2) -> IFPipeline:
     """A random-weight DeepFloyd IF stage I pipeline (diffusers' own IF test components, our
     tokenizer): 16 px images; a resnet down block, a SimpleCrossAttn down block, the SimpleCrossAttn
-    mid block, a SimpleCrossAttn and a resnet up block: 4 cross-attention layers (1 down, 1 mid, 2 up)."""
+    mid block, a SimpleCrossAttn and a resnet up block: 4 cross-attention layers (1 down, 1 mid, 2 up),
+    whose text group norms get random affine parameters (so each layer's key/value input differs)."""
     torch.manual_seed(seed)
     tokenizer = dummy_t5_tokenizer()
     unet = UNet2DConditionModel(
@@ -139,6 +140,10 @@ def dummy_if_pipeline(seed: int = 0, width: int = 32, text_layers: int = 2) -> I
         addition_embed_type_num_heads=2, cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift",
         act_fn="gelu", norm_num_groups=8,
     )
+    with torch.no_grad():  # as after training, each attention normalizes the text its own way
+        for norm in (m.norm_cross for m in unet.modules() if getattr(m, "norm_cross", None) is not None):
+            norm.weight.normal_(1.0, 0.2)
+            norm.bias.normal_(0.0, 0.2)
     scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", thresholding=True, dynamic_thresholding_ratio=0.95,
                               sample_max_value=1.5, prediction_type="epsilon", variance_type="learned_range")
     pipe = IFPipeline(tokenizer=tokenizer, text_encoder=dummy_t5_encoder(tokenizer, width, text_layers),

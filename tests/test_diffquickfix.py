@@ -16,9 +16,9 @@ OUT_PROJ = "encoder.layers.0.self_attn.out_proj.weight"
 
 
 def snapshot(model: interp.Model) -> dict[str, torch.Tensor]:
-    return {
-        f"{c}.{k}": v.detach().clone() for c, m in model.components.items() for k, v in m.state_dict().items()
-    }
+    """Every tensor of every module of the pipeline (VAE included), by "component.name"."""
+    modules = {c: m for c, m in model.pipe.components.items() if isinstance(m, torch.nn.Module)}
+    return {f"{c}.{k}": v.detach().clone() for c, m in modules.items() for k, v in m.state_dict().items()}
 
 
 def changed(model: interp.Model, before: dict[str, torch.Tensor]) -> set[str]:

@@ -39,8 +39,10 @@ def test_only_the_windows_key_and_value_projections_change(model) -> None:
 
 
 def test_keys_map_onto_each_matrixs_output_for_the_target(model) -> None:
-    keys, targets = locoedit.collect(model, "van gogh", "painting")
+    collected = locoedit.collect(model, "van gogh", "painting", layers=WINDOW)
+    keys, targets = collected["up-1-cross-attn-0"]
     assert keys.shape == targets.shape == (4, 32)  # 4 templates
+    assert all(torch.equal(keys, k) and torch.equal(targets, t) for k, t in collected.values())  # SD: shared
     embedding = model.pipe.text_encoder(model.token_ids(["a painting"]))[0]
     torch.testing.assert_close(targets[0], embedding[0, 2].detach())  # "painting" after BOS, "a"
     edit = locoedit.edit(model, layers=WINDOW)
@@ -73,7 +75,7 @@ def test_two_concepts_in_one_edit(model) -> None:
     edit = locoedit.edit(model, ["van gogh", "monet"], "painting", layers=WINDOW)
     assert edit.metadata["concepts"] == [["van gogh", "painting"], ["monet", "painting"]]
     for concept in ("van gogh", "monet"):
-        keys, targets = locoedit.collect(model, concept, "painting")
+        keys, targets = locoedit.collect(model, concept, "painting", layers=WINDOW)["up-1-cross-attn-0"]
         for name, new in edit.weights.items():
             assert residual(new, model.denoiser.get_parameter(name), keys, targets) < 0.02
 
