@@ -13,9 +13,9 @@ What a layer reads differs per family: SD/SDXL, the prompt embedding (one set of
 layer, one solve); PixArt, the caption-projected T5 states (also shared); DeepFloyd IF, the
 projected T5 states group-normed by each attention (keys per layer); SD3, each joint block's own
 text stream, averaged over a short fixed-seed generation (see `StableDiffusion3Adapter.kv_inputs`).
-Layers whose keys and targets agree share one solve. Keys sit at the last subject token of the
-first tokenizer's part of the sequence: SD3's T5 part, bidirectional like IF's encoder (where the
-paper finds LoCoEdit fails), is not edited.
+Layers whose keys and targets agree share one solve. Where the sequence joins several tokenizers'
+tokens (SD3: CLIP, then T5), each part gives a key at its own last subject token, mapped onto the
+same part's target, so the concept cannot pass through the unedited part.
 
     edit = locoedit.edit(model, ["van gogh", "monet"], "painting", layers=("cross-attn-8", "cross-attn-9"))
 """
@@ -119,7 +119,8 @@ def collect(
 ) -> dict[str, Pairs]:
     """Per cross-attention site of `layers` (by name): keys (n, d), the site's key/value input at the
     last subject token of every old concept in every template, and targets (n, d), its input at the
-    matching new concept in `target_prompt`.
+    matching new concept in `target_prompt`; one pair per token stream of the sequence
+    (`Adapter.context_offsets`: SD3's CLIP and T5 parts).
 
     Subjects are located in every prompt first; all prompts share one text-encoder pass, which for
     causal (CLIP) encoders stops at the last subject token instead of running the padding, and one
@@ -132,7 +133,9 @@ def collect(
         for prompt in template_prompts(templates, old_concept):
             located.append(((prompt, old_concept), target))
     unique = list(dict.fromkeys(p for row in located for p in row))
-    positions = torch.tensor([model.locate(prompt, subject).last for prompt, subject in unique])
+    streams = model.adapter.context_offsets(model.pipe).items()
+    positions = torch.tensor([[offset + model.locate(prompt, subject, i).last for i, offset in streams]
+                              for prompt, subject in unique])  # (prompts, streams)
     ids = [model.token_ids([p for p, _ in unique], i) for i in range(len(model.tokenizers))]
     # SD/SDXL: no CLIP state depends on a later token and the layers read the states as they are
     if all(map(is_clip, model.text_encoders)):
@@ -143,8 +146,8 @@ def collect(
         inputs = model.adapter.kv_inputs(model.pipe, sites, model.adapter.encode(model.pipe, ids))
     collected = {}
     for site, kv in zip(sites, inputs):
-        states = kv[torch.arange(len(unique)), positions.to(kv.device)]
-        collected[site.name] = (states[key_rows], states[target_rows])
+        states = kv[torch.arange(len(unique))[:, None], positions.to(kv.device)]  # (prompts, streams, d)
+        collected[site.name] = (states[key_rows].flatten(0, 1), states[target_rows].flatten(0, 1))
     return collected
 
 

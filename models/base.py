@@ -125,6 +125,11 @@ class Adapter(ABC):
         """The tensor cross-attention layers read keys and values from, given `encode`'s output."""
         return cond["prompt_embeds"]
 
+    def context_offsets(self, pipe: Any) -> dict[int, int]:
+        """Tokenizer index -> where its token positions start along the context's sequence axis (and
+        so along each `kv_input`'s): the first tokenizer's at 0 by default (SD3 appends T5's tokens)."""
+        return {0: 0}
+
     def kv_input(self, pipe: Any, site: Site, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         """What `site`'s key/value projections (`site.kv_paths`) take as input, given `encode`'s output:
         the context by default; a family that projects or normalizes it first (per layer) says so."""

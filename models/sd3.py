@@ -112,6 +112,9 @@ class StableDiffusion3Adapter(StableDiffusionAdapter):
         clip = F.pad(clip, (0, t5_embeds.shape[-1] - clip.shape[-1]))
         return {"prompt_embeds": torch.cat([clip, t5_embeds], dim=-2), "pooled_prompt_embeds": torch.cat(pooled, -1)}
 
+    def context_offsets(self, pipe: Any) -> dict[int, int]:
+        return {0: 0, 2: self.token_length(pipe, 0)}  # CLIP-L and bigG side by side, then T5
+
     def kv_input(self, pipe: Any, site: Site, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.kv_inputs(pipe, [site], cond)[0]
 

@@ -98,7 +98,8 @@ def test_locoedit_maps_every_layers_keys_and_reverts(family) -> None:
     shared = all(torch.equal(keys, first_keys) for keys, _ in collected.values())
     assert shared == (family.adapter.family in ("sd", "sdxl", "pixart"))  # IF, SD3: each layer reads its own
     for site, (keys, targets) in collected.items():
-        assert keys.shape == targets.shape and len(keys) == 2 * len(locoedit.TEMPLATES)
+        streams = len(family.adapter.context_offsets(family.pipe))  # SD3: CLIP and T5 parts
+        assert keys.shape == targets.shape and len(keys) == 2 * len(locoedit.TEMPLATES) * streams
         for path in family.site(site).kv_paths:
             old, new = family.denoiser.get_parameter(f"{path}.weight").detach(), edit.weights[f"{path}.weight"]
             wanted = targets @ old.T
