@@ -87,12 +87,6 @@ def clip_encoder(model: Model, encoder: str | None = None) -> str:
     component = names[0] if encoder is None else encoder
     clip = [n for n in names if is_clip(model.components[n])]
     if component in clip:
-        tokenizer = model.tokenizers[names.index(component)]
-        if tokenizer.get_vocab() != model.tokenizer.get_vocab():
-            raise UnsupportedModelError(
-                f"{component}'s tokenizer has another vocabulary than the first one, which locates subjects; "
-                f"DiffQuickFix needs CLIP tokenizers that share one (as SDXL's and SD3's do)"
-            )
         return component
     if component not in names:
         raise UnknownSiteError(f"{model!r} has no text encoder {component!r}; its text encoders are {list(names)}")
@@ -115,17 +109,17 @@ def collect_pairs(
 ) -> tuple[Tensor, Tensor]:
     """Keys (n, in) and values (n, out) of every (old, new) pair in every template.
 
-    Subjects are located in every prompt before anything runs (by the first tokenizer, whose
-    vocabulary `clip_encoder` checks the encoder's shares); old and new prompts share one
-    forward pass of the text encoder, stopped at the out-projection.
+    Subjects are located in every prompt (by the encoder's own tokenizer) before anything runs; old
+    and new prompts share one forward pass of the text encoder, stopped at the out-projection.
     """
     component, path = out_proj(model, layer, encoder)
+    index = model.adapter.text_encoders.index(component)
     olds, news = [], []
     for old_concept, new_concept in pairs(old, new):
         old_prompts, new_prompts = template_prompts(templates, old_concept), template_prompts(templates, new_concept)
         for old_prompt, new_prompt in zip(old_prompts, new_prompts):
-            olds.append((old_prompt, model.locate(old_prompt, old_concept).last))
-            news.append((new_prompt, model.locate(new_prompt, new_concept).last))
+            olds.append((old_prompt, model.locate(old_prompt, old_concept, index).last))
+            news.append((new_prompt, model.locate(new_prompt, new_concept, index).last))
     inputs = _inputs(model, component, path, [p for p, _ in olds + news])
     weight = model.components[component].get_submodule(path).weight
     keys, values = [], []
