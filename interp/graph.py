@@ -100,7 +100,9 @@ class Capture(Op):
 class Swap:
     """These cross-attention layers see `prompt`'s text embedding instead of the run's own.
 
-    LoCoGen's operation: the conditional branch by default, as in the paper.
+    Their key/value projections read what they would read for `prompt` (`Adapter.kv_input`: IF and
+    PixArt project it first; SD3's joint blocks get their text stream averaged over a short
+    generation). LoCoGen's operation: the conditional branch by default, as in the paper.
     """
 
     sites: tuple[str, ...]
