@@ -3,8 +3,8 @@
 Three kinds of run per (prompt, seed) unit: *clean*; *corrupted* (Gaussian noise on the input
 embeddings of the subject tokens in every text encoder, at the positions its own tokenizer gives
 them, std = `noise` x the empirical std of those tokens' embedding rows, a fixed seed per corrupted
-sample); *restored* (corrupted, but one state copied back from
-the clean run: a denoiser site at every step, or one text-encoder (site, token) state). Each
+sample); *restored* (corrupted, but one state copied back from the clean run: a denoiser site at
+every step, or one text-encoder (site, token) state). Each
 image is CLIP-scored against its prompt; the indirect effect is IE = S_restored - S_corrupted,
 normalised by S_clean - S_corrupted. Everything is one graph, so the runner batches all restored
 runs with their clean source.
@@ -48,6 +48,7 @@ class Unit:
 
     @property
     def tokens(self) -> tuple[str, ...]:
+        """The prompt's tokens in the first tokenizer's split, which results are labelled with."""
         return self.token_lists[0]
 
     def record(self) -> dict:

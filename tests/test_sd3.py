@@ -7,11 +7,12 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, 
 import interp
 from interp.graph import Capture, Graph, Noise, Restore, Run
 from interp.runner import run
+from interventions.causal_trace import ROLES, corruption, make_units, trace_text_encoder
 from models.testing import dummy_sd3_pipeline, dummy_t5_tokenizer, dummy_tokenizer
 from tests.configs import SD3_MEDIUM_TRANSFORMER, SD15_TEXT, SDXL_TEXT_G, T5_V11_XXL
 from tests.conftest import PROMPT
-from interventions.causal_trace import corruption, make_units
 from tests.family_checks import check_family
+from tests.random_clip import random_clip_scorer
 
 RUN = dict(seed=1, steps=2, guidance_scale=5.0)
 
@@ -90,3 +91,18 @@ def test_sd3_text_positions_follow_each_encoders_tokenizer():
     images = result.images
     assert (images["restored"] - images["clean"]).abs().max() <= 1e-5
     assert (images["clip positions"] - images["clean"]).abs().max() > 1e-4
+
+
+def test_sd3_text_trace_restores_each_encoder_at_its_own_positions(tmp_path):
+    torch.set_num_threads(1)
+    model = interp.load(dummy_sd3_pipeline())
+    result = trace_text_encoder(model, PROMPT, "van gogh", kinds=("text-embed",), scorer=random_clip_scorer(tmp_path),
+                                steps=1, guidance_scale=5.0, progress=False)
+    assert result.coords["token"] == list(ROLES)  # CLIP and T5 split the prompt differently: token roles
+
+    def runs(site: str, role: str) -> int:
+        return sum(name.startswith(f"u0/n0/{site}/{role}/") for name in result.images)
+
+    # before the subject: BOS and 7 words in CLIP's sequence, the 7 words alone in T5's
+    assert [runs(site, "before subject") for site in ("text-embed", "text2-embed", "text3-embed")] == [8, 8, 7]
+    assert [runs("text3-embed", role) for role in ("first subject", "last subject", "last")] == [1, 1, 1]
