@@ -152,7 +152,8 @@ def locoedit_solve(stub: nn.Module, keys: Tensor, targets: Tensor) -> None:
 
 def locoedit_whole(model: Model, stub: nn.Module) -> None:
     """The recipe's collection through the full-size text encoder, then solve and apply on `stub`."""
-    keys, targets = locoedit.collect(model, OLD, NEW, LOCOEDIT_TEMPLATES, LOCOEDIT_TARGET)
+    pairs = locoedit.collect(model, OLD, NEW, LOCOEDIT_TEMPLATES, LOCOEDIT_TARGET, layers=0)
+    keys, targets = next(iter(pairs.values()))  # SD layers all read the prompt embedding: one pair serves all
     locoedit_solve(stub, keys, targets)
 
 
@@ -182,7 +183,9 @@ def main() -> None:
     keys, values = dqf_collect()
     t = {
         "dqf_collect": timed(dqf_collect),
-        "loco_collect": timed(lambda: locoedit.collect(model, OLD, NEW, LOCOEDIT_TEMPLATES, LOCOEDIT_TARGET)),
+        "loco_collect": timed(
+            lambda: locoedit.collect(model, OLD, NEW, LOCOEDIT_TEMPLATES, LOCOEDIT_TARGET, layers=0)
+        ),
     }
     print(f"\nDiffQuickFix keys for one concept: {tuple(keys.shape)} (4 templates x positions after the subject)")
 
