@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTextModel, CLIPTokenizer
 
-from models.tiny.scenes import SIZE, Scene, change_one, random_caption
+from models.tiny.scenes import SIZE, Scene, change_one, random_caption, render_batch, sample_scene
 from models.tiny.tensors import CLIP_MEAN, CLIP_STD, to_clip_pixels
 from models.tiny.tokenizer import MAX_LENGTH
 from models.tiny.training import optimize
@@ -85,6 +85,31 @@ def train_clip(
 
     optimize(model.parameters(), loss_at, steps, lr=1e-3, desc="clip", weight_decay=0.01)
     return model.eval().requires_grad_(False)
+
+
+def tune_vision(clip: CLIPModel, tokenizer: CLIPTokenizer, steps: int, batch: int = 128, seed: int = 1) -> CLIPModel:
+    """Go on training the vision tower alone on fresh seen-combo scenes, each next to its twin with one
+    attribute changed (same layout seed), so near-miss images separate, as retrieval galleries ask.
+    The text tower and its projection stay frozen: they are the diffusion model's text encoder."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    clip.requires_grad_(True)
+    clip.text_model.requires_grad_(False)
+    clip.text_projection.requires_grad_(False)
+    clip.train()
+
+    def loss_at(step: int) -> torch.Tensor:
+        scenes = [sample_scene(rng, held_out=False) for _ in range(batch)]
+        scenes += [change_one(s, rng) for s in scenes]
+        img = F.normalize(clip.get_image_features(pixel_values=to_clip_pixels(render_batch(scenes))).pooler_output, -1)
+        ids = token_ids(tokenizer, [random_caption(s, rng) for s in scenes])
+        txt = F.normalize(clip.get_text_features(input_ids=ids).pooler_output, dim=-1)
+        logits = clip.logit_scale.exp().clamp(max=100) * img @ txt.T
+        targets = torch.arange(len(scenes))
+        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+    optimize(clip.parameters(), loss_at, steps, lr=5e-4, desc="clip vision", weight_decay=0.01)
+    return clip.eval().requires_grad_(False)
 
 
 def text_encoder_of(clip: CLIPModel) -> CLIPTextModel:

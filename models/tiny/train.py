@@ -1,8 +1,9 @@
 """Train every part of the tiny model from scratch and save the weights: `python -m models.tiny.train`.
 
 Stages, each seeded on its own and saved as soon as it is trained: vae (on renders) -> judge (on
-renders and VAE reconstructions); clip (tokenizer + contrastive CLIP, both towers, on renders);
-unet (on cached VAE latents, text from the CLIP's text tower) -> the assembled pipeline. `--stages` retrains some stages from the saved others; a full run
+renders and VAE reconstructions); clip (tokenizer + contrastive CLIP, both towers, on renders) ->
+clip_vision (the vision tower alone, on scenes next to one-attribute-changed twins; the text tower
+is the diffusion model's encoder and stays as the clip stage left it); unet (on cached VAE latents, text from the CLIP's text tower) -> the assembled pipeline. `--stages` retrains some stages from the saved others; a full run
 reproduces the shipped weights (up to CPU floating-point nondeterminism).
 """
 
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from transformers import CLIPModel
 
 from models.tiny import CLIP_DIR, JUDGE_PATH, ROOT, WEIGHTS_DIR
-from models.tiny.clip import save_clip, text_encoder_of, train_clip
+from models.tiny.clip import save_clip, text_encoder_of, train_clip, tune_vision
 from models.tiny.judge import labels, save_judge, train_judge
 from models.tiny.pipeline import assemble
 from models.tiny.scenes import Scene, is_held_out, render, sample_scene
@@ -33,7 +34,7 @@ from models.tiny.vae import decode, encode, train_vae
 
 SEED = 0
 SCENES = 16_000
-STEPS = {"vae": 1500, "judge": 900, "clip": 800, "unet": 5000}
+STEPS = {"vae": 1500, "judge": 900, "clip": 800, "clip_vision": 1200, "unet": 5000}
 STAGES = tuple(STEPS)
 
 
@@ -76,6 +77,10 @@ def main(stages: tuple[str, ...] = STAGES, scale: float = 1.0, out: Path = ROOT,
         clip = train_clip(images[seen], seen_scenes, tokenizer, steps["clip"], seed=SEED)
         save_clip(clip, tokenizer, clip_dir)
         times["clip"] = time.time() - start
+    if "clip_vision" in stages:
+        clip = tune_vision(CLIPModel.from_pretrained(str(clip_dir)), tokenizer, steps["clip_vision"], seed=SEED + 1)
+        save_clip(clip, tokenizer, clip_dir)
+        times["clip_vision"] = time.time() - start
     if "unet" in stages:
         encoder = text_encoder_of(CLIPModel.from_pretrained(str(clip_dir)))
         unet = train_unet(latents[torch.from_numpy(seen)], seen_scenes, encoder, tokenizer, steps["unet"], seed=SEED)
