@@ -48,10 +48,10 @@ def test_judge_reads_fresh_renders() -> None:
     assert min(acc.values()) >= 0.98, acc
 
 
-# Least number of the six prompts judged right. Style and count are learned; color is held back by
-# the short VAE training and object shape is barely learned yet (27% of 432 generated images against
-# 17% chance, see `python -m models.tiny.evaluate`), so object is left to the evaluation.
-MIN_CORRECT = {"style": 5, "count": 5, "color": 3}
+# Least number of the six prompts judged right per attribute: at most one miss each (the shipped
+# weights get 5 objects and every color, style and count right; the full table is
+# `python -m models.tiny.evaluate`).
+MIN_CORRECT = {"object": 5, "color": 5, "style": 5, "count": 5}
 
 
 def test_generated_images_have_the_prompted_attributes(pipe: StableDiffusionPipeline) -> None:
