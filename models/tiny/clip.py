@@ -101,7 +101,8 @@ def tune_vision(clip: CLIPModel, tokenizer: CLIPTokenizer, steps: int, batch: in
     def loss_at(step: int) -> torch.Tensor:
         scenes = [sample_scene(rng, held_out=False) for _ in range(batch)]
         scenes += [change_one(s, rng) for s in scenes]
-        img = F.normalize(clip.get_image_features(pixel_values=to_clip_pixels(render_batch(scenes))).pooler_output, dim=-1)
+        pixels = to_clip_pixels(render_batch(scenes))
+        img = F.normalize(clip.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
         ids = token_ids(tokenizer, [random_caption(s, rng) for s in scenes])
         txt = F.normalize(clip.get_text_features(input_ids=ids).pooler_output, dim=-1)
         logits = clip.logit_scale.exp().clamp(max=100) * img @ txt.T

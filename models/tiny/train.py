@@ -3,8 +3,9 @@
 Stages, each seeded on its own and saved as soon as it is trained: vae (on renders) -> judge (on
 renders and VAE reconstructions); clip (tokenizer + contrastive CLIP, both towers, on renders) ->
 clip_vision (the vision tower alone, on scenes next to one-attribute-changed twins; the text tower
-is the diffusion model's encoder and stays as the clip stage left it); unet (on cached VAE latents, text from the CLIP's text tower) -> the assembled pipeline. `--stages` retrains some stages from the saved others; a full run
-reproduces the shipped weights (up to CPU floating-point nondeterminism).
+is the diffusion model's encoder and stays as the clip stage left it); unet (on cached VAE latents,
+text from the CLIP's text tower) -> the assembled pipeline. `--stages` retrains some stages from the
+saved others; a full run reproduces the shipped weights (up to CPU floating-point nondeterminism).
 """
 
 from __future__ import annotations
