@@ -218,6 +218,8 @@ def edit(
     layer: List[str] = typer.Option([], help="locoedit: a cross-attention layer (name or index; repeat); "
                                              "'all' for every one; default SD1.x's style window"),
     lam: float = typer.Option(0.01, help="closeness to the current weights (lambda)"),
+    encoder: Optional[str] = typer.Option(None, help="diffquickfix: the CLIP text encoder component to edit "
+                                                     "(e.g. text_encoder_2 on SDXL/SD3); default the first"),
 ) -> None:
     """Compute a closed-form edit mapping the old concept(s) onto the new one; save it, do not apply it."""
     loaded = _load(model)
@@ -226,8 +228,10 @@ def edit(
             raise ValueError("--layer is for locoedit; diffquickfix edits the first text self-attention layer")
         from interventions import diffquickfix
 
-        result = diffquickfix.edit(loaded, old, new, lam=lam)
+        result = diffquickfix.edit(loaded, old, new, lam=lam, encoder=encoder)
     else:
+        if encoder:
+            raise ValueError("--encoder is for diffquickfix; locoedit edits the denoiser's cross-attention layers")
         from interventions import locoedit
 
         layers = [int(x) if x.isdigit() else x for x in layer] or None

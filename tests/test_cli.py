@@ -123,6 +123,13 @@ def test_edit_diffquickfix_saves_delta(tmp_path):
     assert "out_proj.weight" in result.output and (tmp_path / "dqf.safetensors").is_file()
 
 
+def test_edit_unknown_encoder_exit_2(tmp_path):
+    result = invoke("edit", "diffquickfix", "--model", "dummy", "--old", "van gogh", "--new", "painting",
+                    "--encoder", "text_encoder_2", "--save", tmp_path / "x.safetensors")
+    assert_user_error(result, "its text encoders are ['text_encoder']")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_edit_locoedit_saves_delta(delta):
     assert delta.is_file()
 
