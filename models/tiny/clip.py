@@ -25,7 +25,7 @@ from models.tiny.training import optimize
 WIDTH = 64  # text hidden size = the UNet's cross_attention_dim
 
 
-def build_clip(tokenizer: CLIPTokenizer, patch_size: int = 4) -> CLIPModel:
+def build_clip(tokenizer: CLIPTokenizer) -> CLIPModel:
     """A small CLIP: 3-layer text and vision transformers, 64-wide (4x4 patches see shapes)."""
     tower = dict(hidden_size=WIDTH, intermediate_size=4 * WIDTH, num_hidden_layers=3, num_attention_heads=4)
     config = CLIPConfig(
@@ -34,7 +34,7 @@ def build_clip(tokenizer: CLIPTokenizer, patch_size: int = 4) -> CLIPModel:
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         ),
-        vision_config=dict(tower, image_size=SIZE, patch_size=patch_size, num_channels=3),
+        vision_config=dict(tower, image_size=SIZE, patch_size=4, num_channels=3),
         projection_dim=WIDTH,
     )
     return CLIPModel(config)
@@ -60,6 +60,21 @@ def token_ids(tokenizer: CLIPTokenizer, captions: Sequence[str]) -> torch.Tensor
     return torch.tensor([_ids(tokenizer, c) for c in captions])
 
 
+def similarities(clip: CLIPModel, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities (images, captions) of the CLIP's projected image and text features."""
+    img = F.normalize(clip.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
+    txt = F.normalize(clip.get_text_features(input_ids=input_ids).pooler_output, dim=-1)
+    return img @ txt.T
+
+
+def contrastive_loss(clip: CLIPModel, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric loss where image i matches caption i; captions past the last image are extra
+    negatives for every image (image-to-text side only)."""
+    logits = clip.logit_scale.exp().clamp(max=100) * similarities(clip, pixel_values, input_ids)
+    targets = torch.arange(len(logits))
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits[:, : len(logits)].T, targets)) / 2
+
+
 def train_clip(
     images: np.ndarray, scenes: Sequence[Scene], tokenizer: CLIPTokenizer, steps: int, batch: int = 256,
     seed: int = 0,
@@ -75,13 +90,7 @@ def train_clip(
         idx = [rng.randrange(len(scenes)) for _ in range(batch)]
         picked = [scenes[i] for i in idx]
         captions = [random_caption(s, rng) for s in picked] + [random_caption(change_one(s, rng), rng) for s in picked]
-        img = F.normalize(model.get_image_features(pixel_values=pixels[idx]).pooler_output, dim=-1)
-        txt = F.normalize(model.get_text_features(input_ids=token_ids(tokenizer, captions)).pooler_output, dim=-1)
-        scale = model.logit_scale.exp().clamp(max=100)
-        targets = torch.arange(batch)
-        i2t = scale * img @ txt.T
-        t2i = scale * txt[:batch] @ img.T
-        return (F.cross_entropy(i2t, targets) + F.cross_entropy(t2i, targets)) / 2
+        return contrastive_loss(model, pixels[idx], token_ids(tokenizer, captions))
 
     optimize(model.parameters(), loss_at, steps, lr=1e-3, desc="clip", weight_decay=0.01)
     return model.eval().requires_grad_(False)
@@ -101,13 +110,8 @@ def tune_vision(clip: CLIPModel, tokenizer: CLIPTokenizer, steps: int, batch: in
     def loss_at(step: int) -> torch.Tensor:
         scenes = [sample_scene(rng, held_out=False) for _ in range(batch)]
         scenes += [change_one(s, rng) for s in scenes]
-        pixels = to_clip_pixels(render_batch(scenes))
-        img = F.normalize(clip.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
         ids = token_ids(tokenizer, [random_caption(s, rng) for s in scenes])
-        txt = F.normalize(clip.get_text_features(input_ids=ids).pooler_output, dim=-1)
-        logits = clip.logit_scale.exp().clamp(max=100) * img @ txt.T
-        targets = torch.arange(len(scenes))
-        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+        return contrastive_loss(clip, to_clip_pixels(render_batch(scenes)), ids)
 
     optimize(clip.parameters(), loss_at, steps, lr=5e-4, desc="clip vision", weight_decay=0.01)
     return clip.eval().requires_grad_(False)
@@ -129,6 +133,4 @@ def save_clip(clip: CLIPModel, tokenizer: CLIPTokenizer, folder: Path) -> None:
 @torch.no_grad()
 def scores(clip: CLIPModel, tokenizer: CLIPTokenizer, images, captions: Sequence[str]) -> torch.Tensor:
     """Cosine similarities (len(images), len(captions)) between uint8 images and captions."""
-    img = F.normalize(clip.get_image_features(pixel_values=to_clip_pixels(images)).pooler_output, dim=-1)
-    txt = F.normalize(clip.get_text_features(input_ids=token_ids(tokenizer, captions)).pooler_output, dim=-1)
-    return img @ txt.T
+    return similarities(clip, to_clip_pixels(images), token_ids(tokenizer, captions))

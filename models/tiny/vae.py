@@ -40,7 +40,7 @@ def train_vae(pixels: torch.Tensor, steps: int, batch: int = 32, seed: int = 0) 
         x = pixels[torch.randint(len(pixels), (batch,), generator=gen)]
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
-        return reconstruction_loss(recon, x, COLOR_WEIGHT) + KL_WEIGHT * posterior.kl().mean()
+        return reconstruction_loss(recon, x) + KL_WEIGHT * posterior.kl().mean()
 
     optimize(vae.parameters(), loss_at, steps, lr=2e-3, desc="vae")
     vae.eval().requires_grad_(False)
@@ -49,10 +49,10 @@ def train_vae(pixels: torch.Tensor, steps: int, batch: int = 32, seed: int = 0) 
     return vae
 
 
-def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, color_weight: float = 0.0) -> torch.Tensor:
-    """L1 + MSE, plus `color_weight` times the L1 error of 4x4-pooled colors (one per latent cell)."""
+def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 + MSE, plus `COLOR_WEIGHT` times the L1 error of 4x4-pooled colors (one per latent cell)."""
     err = recon - x
-    return err.abs().mean() + err.pow(2).mean() + color_weight * F.avg_pool2d(err, 4).abs().mean()
+    return err.abs().mean() + err.pow(2).mean() + COLOR_WEIGHT * F.avg_pool2d(err, 4).abs().mean()
 
 
 @torch.no_grad()
