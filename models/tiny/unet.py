@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -76,10 +76,11 @@ def min_snr_weights(sched: DDPMScheduler, t: torch.Tensor, gamma: float = MIN_SN
 
 def train_unet(
     latents: torch.Tensor, scenes: Sequence[Scene], encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-    steps: int, batch: int = 64, seed: int = 0,
+    steps: int, batch: int = 64, seed: int = 0, on_step: Callable[[int], None] | None = None,
 ) -> UNet2DConditionModel:
     """Epsilon-prediction training (Min-SNR weighted) on scaled `latents` of `scenes` with random
-    captions; returns the exponential moving average of the weights."""
+    captions; returns the exponential moving average of the weights. `on_step(step)` runs after
+    each update (the trainer widens the thread pool there once a parallel stage is done)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -103,6 +104,8 @@ def train_unet(
         decay = min(EMA_DECAY, (1 + step) / (10 + step))
         for e, p in zip(ema.parameters(), unet.parameters()):
             e.lerp_(p, 1 - decay)
+        if on_step is not None:
+            on_step(step)
 
     optimize(unet.parameters(), loss_at, steps, lr=1e-3, desc="unet", after_step=update_ema)
     return ema.eval()
