@@ -49,8 +49,7 @@ def test_judge_reads_fresh_renders() -> None:
 
 
 # Least number of the six prompts judged right per attribute: at most one miss each (the shipped
-# weights get 5 objects and every color, style and count right; the full table is
-# `python -m models.tiny.evaluate`).
+# weights get all six right on every attribute; the full table is `python -m models.tiny.evaluate`).
 MIN_CORRECT = {"object": 5, "color": 5, "style": 5, "count": 5}
 
 
