@@ -25,6 +25,7 @@ from interventions.causal_trace import TraceResult, trace_text_encoder, trace_un
 from interventions.evaluate import generate, tiny_judge
 from interventions.locogen import LocalizeResult, localize
 from models.tiny import Scene, caption, is_held_out
+from viz.demo import STYLE_ATTRIBUTE
 
 # (prompt, subject) per attribute; two prompts each for the UNet trace, the first for the text trace.
 TRACE_PROMPTS: dict[str, list[tuple[str, str]]] = {
@@ -97,11 +98,11 @@ def locogen_table(model: Model, scorer: CLIPScore | None, judge: Judge, steps: i
     results = []
     own = hit_rate(judge, generate(model, [target], seeds, steps=steps))
     print(f"\n== LoCoGen, style: {len(prompts)} van gogh prompts x seeds {list(seeds)}, target {target!r} "
-          f"(its own images: van gogh {100 * own:.0f}%), CLIP-score against the prompt (lowest wins); "
+          f"(its own images: van gogh {100 * own:.0f}%), CLIP-score against {STYLE_ATTRIBUTE!r} (lowest wins); "
           f"{layers} cross-attention layers")
     for m in range(2, layers + 1):
-        result = localize(model, prompts, target, window=m, seeds=seeds, steps=steps, scorer=scorer,
-                          progress=False)
+        result = localize(model, prompts, target, window=m, attribute=STYLE_ATTRIBUTE, seeds=seeds, steps=steps,
+                          scorer=scorer, progress=False)
         results.append(result)
         if out is not None:
             result.save(out / f"locogen-{target.replace(' ', '-')}-m{m}")

@@ -37,6 +37,10 @@ PROMPTS = {
 }
 STYLE_PROMPTS = ("a red circle in the style of van gogh", "a blue square in the style of van gogh")
 OLD, NEW, TARGET = "van gogh", "painting", "a painting"
+# LoCoGen scores each window's images against the attribute text, as the paper does ("style of van
+# gogh"); in the tiny world's phrasing. Scoring against the whole prompt also rewards windows that
+# break the object or color and keep the style.
+STYLE_ATTRIBUTE = "in the style of van gogh"
 # The editors' key templates, in words the tiny model knows (the papers' "a photo of {}" is not one of
 # them, and DiffQuickFix keys on unknown words spill the edit onto every prompt).
 EDIT_TEMPLATES = ("{}", "in the style of {}", "a painting by {}", "a {} painting")
@@ -109,7 +113,7 @@ def run_demo(
         text[attribute] = trace_text_encoder(model, prompt, subject, **common)
         stages.update()
     stages.set_description("LoCoGen: style")
-    style = localize(model, list(STYLE_PROMPTS), TARGET, **common)
+    style = localize(model, list(STYLE_PROMPTS), TARGET, attribute=STYLE_ATTRIBUTE, **common)
     stages.update()
     stages.set_description("edits: DiffQuickFix, LoCoEdit")
     edits = {"DiffQuickFix": diffquickfix.edit(model, OLD, NEW, templates=EDIT_TEMPLATES),
@@ -157,9 +161,12 @@ def build_report(results: DemoResults, model_name: str = "") -> Report:
         report.figure(text_encoder_grid(result, title=f"Text encoder: {attribute}"))
     report.heading("LoCoGen").text(
         "A window of m consecutive cross-attention layers sees the target prompt instead of the original; "
-        "the window whose swap lowers the attribute's CLIP-score most is where it is controlled.")
+        "the window whose swap lowers the CLIP-score against the attribute's text most is where it is "
+        "controlled.")
     for attribute, result in results.locogen.items():
-        report.text(f"{attribute}: chosen window {', '.join(result.best_sites)} (m = {result.m}).")
+        scored = result.settings.get("attribute") or "each prompt"
+        report.text(f"{attribute}: chosen window {', '.join(result.best_sites)} (m = {result.m}; "
+                    f"scored against {scored!r}).")
     report.figure(locogen_curve(results.locogen))
     comparison = results.edits
     templates = next(iter(comparison.settings["edits"].values()))["templates"]

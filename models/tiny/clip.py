@@ -133,7 +133,7 @@ def tune_vision(
         ids = token_ids(tokenizer, [random_caption(pool[i], rng) for i in idx])
         return contrastive_loss(clip, pixels[idx], ids)
 
-    optimize(clip.parameters(), loss_at, steps, lr=5e-4, desc="clip vision", weight_decay=0.01)
+    optimize(clip.parameters(), loss_at, steps, lr=1e-3, desc="clip vision", weight_decay=0.01)
     return clip.eval().requires_grad_(False)
 
 
