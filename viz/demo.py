@@ -41,8 +41,9 @@ OLD, NEW, TARGET = "van gogh", "painting", "a painting"
 # gogh"); in the tiny world's phrasing. Scoring against the whole prompt also rewards windows that
 # break the object or color and keep the style.
 STYLE_ATTRIBUTE = "in the style of van gogh"
-# The editors' key templates, in words the tiny model knows (the papers' "a photo of {}" is not one of
-# them, and DiffQuickFix keys on unknown words spill the edit onto every prompt).
+# DiffQuickFix's key templates, in words the tiny model knows (the papers' "a photo of {}" is not one of
+# them, and its keys on unknown words spill the edit onto every prompt). LoCoEdit keeps the paper's:
+# on the tiny model they remove more van gogh (25% left against 75%, 4 prompts x 2 seeds).
 EDIT_TEMPLATES = ("{}", "in the style of {}", "a painting by {}", "a {} painting")
 COMPARISON = {
     "a red circle in the style of van gogh": "edited", "a blue square in the style of van gogh": "edited",
@@ -117,7 +118,7 @@ def run_demo(
     stages.update()
     stages.set_description("edits: DiffQuickFix, LoCoEdit")
     edits = {"DiffQuickFix": diffquickfix.edit(model, OLD, NEW, templates=EDIT_TEMPLATES),
-             "LoCoEdit": locoedit.edit(model, OLD, NEW, layers=style.best_sites, templates=EDIT_TEMPLATES)}
+             "LoCoEdit": locoedit.edit(model, OLD, NEW, layers=style.best_sites)}
     stages.update()
     stages.set_description("before / after")
     comparison = compare_edits(model, edits, COMPARISON, scorer, seeds[0], steps, judge=judge, watch=("style", OLD))
@@ -169,11 +170,12 @@ def build_report(results: DemoResults, model_name: str = "") -> Report:
                     f"scored against {scored!r}).")
     report.figure(locogen_curve(results.locogen))
     comparison = results.edits
-    templates = next(iter(comparison.settings["edits"].values()))["templates"]
+    keys = "; ".join(f"{name}: {', '.join(repr(t) for t in edit['templates'])}"
+                     for name, edit in comparison.settings["edits"].items())
     report.heading("Editing").text(
         f"DiffQuickFix edits the text encoder's first self-attention out-projection; LoCoEdit edits W_K and W_V "
         f"of the cross-attention layers LoCoGen found. Both map {OLD!r} onto {NEW!r} in one closed-form solve, "
-        f"with keys from the templates {', '.join(repr(t) for t in templates)}.")
+        f"with keys from templates ({keys}).")
     roles = ("edited", "neighbour")
     report.table(["mean CLIP-score", *comparison.edits], [[r, *comparison.rate("clip", r).values()] for r in roles])
     for role in roles:
