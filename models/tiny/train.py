@@ -8,7 +8,7 @@ text from the CLIP's text tower) -> the assembled pipeline. `--stages` retrains 
 saved others; a full run reproduces the shipped weights (up to CPU floating-point nondeterminism).
 
 A full run uses both cores the way these small models use them best: two processes of one thread
-each (a second thread speeds a stage up only about 1.5x). Phase 1 trains the VAE here and the CLIP
+each (a second thread speeds a stage up only 1.15-1.5x here). Phase 1 trains the VAE here and the CLIP
 in a child process; phase 2 trains the UNet here and the judge and the CLIP's vision tower in a
 child, and the UNet takes both threads once the child is done.
 """
