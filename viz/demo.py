@@ -165,9 +165,10 @@ def build_report(results: DemoResults, model_name: str = "") -> Report:
         "the window whose swap lowers the CLIP-score against the attribute's text most is where it is "
         "controlled.")
     for attribute, result in results.locogen.items():
-        scored = result.settings.get("attribute") or "each prompt"
+        text = result.settings.get("attribute")
+        scored = repr(text) if text else "each prompt"
         report.text(f"{attribute}: chosen window {', '.join(result.best_sites)} (m = {result.m}; "
-                    f"scored against {scored!r}).")
+                    f"scored against {scored}).")
     report.figure(locogen_curve(results.locogen))
     comparison = results.edits
     keys = "; ".join(f"{name}: {', '.join(repr(t) for t in edit['templates'])}"

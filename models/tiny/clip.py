@@ -117,7 +117,7 @@ def tune_vision(
     galleries ask. The twins are rendered once, up front (rendering would cost 40% of every step).
     The text tower stays frozen (it is the diffusion model's text encoder); its projection, which
     the pipeline does not use, trains: the frozen tower's object captions are close together
-    (cosine 0.88-0.94), and a free projection can pull them apart."""
+    (cosine 0.86-0.94), and a free projection can pull them apart."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     twins = seen_twins(scenes, rng)
