@@ -11,8 +11,16 @@ from typing import TYPE_CHECKING
 
 from models.tiny.scenes import (
     ATTRIBUTES,
+    CAPTIONED,
+    CHARACTERS,
     COLORS,
     COUNTS,
+    FACTS,
+    FLAGS,
+    KINGS,
+    LANDS,
+    MARKS,
+    NAMED,
     OBJECTS,
     PLAIN_TEMPLATES,
     PLURALS,
@@ -24,11 +32,14 @@ from models.tiny.scenes import (
     caption,
     change_one,
     held_out_combos,
+    held_out_named,
     is_held_out,
+    named_scene,
     render,
     render_batch,
     sample_scene,
     subject,
+    templates_of,
     vocabulary,
 )
 
@@ -64,8 +75,9 @@ def judge_images(images) -> list[dict]:
 
 
 __all__ = [
-    "ATTRIBUTES", "CLIP_DIR", "COLORS", "COUNTS", "JUDGE_PATH", "OBJECTS", "PLAIN_TEMPLATES", "PLURALS",
-    "SIZE", "STYLES", "STYLE_TEMPLATES", "Scene", "VALUES", "WEIGHTS_DIR", "caption", "change_one", "clip_dir",
-    "held_out_combos", "is_held_out", "judge_images", "load_pipeline", "render", "render_batch", "sample_scene",
-    "subject", "vocabulary",
+    "ATTRIBUTES", "CAPTIONED", "CHARACTERS", "CLIP_DIR", "COLORS", "COUNTS", "FACTS", "FLAGS", "JUDGE_PATH", "KINGS",
+    "LANDS", "MARKS", "NAMED", "OBJECTS", "PLAIN_TEMPLATES", "PLURALS", "SIZE", "STYLES", "STYLE_TEMPLATES", "Scene",
+    "VALUES", "WEIGHTS_DIR", "caption", "change_one", "clip_dir", "held_out_combos", "held_out_named",
+    "is_held_out", "judge_images", "load_pipeline", "named_scene", "render", "render_batch", "sample_scene",
+    "subject", "templates_of", "vocabulary",
 ]

@@ -1,8 +1,17 @@
 """Deterministic synthetic scenes of the tiny world: attributes, captions and renders.
 
-Every image is drawn from a `Scene` (object, color, style, count and a layout seed), so each
+Every image is drawn from a `Scene` (object, color, style, count, mark and a layout seed), so each
 pixel's ground truth is known. Styles are whole-image textures named after painters; they only
 shade lightness, so an object's hue (its color attribute) survives every style.
+
+Besides generic subjects ("a red circle", "two squares") the world holds the papers' other kinds
+of knowledge, as names that stand for fixed attributes:
+- characters: invented names ("wumbo"), each always one object, color and mark (an eye, a band,
+  a cross drawn on the object): the papers' trademarked characters ('Snoopy' -> 'a dog');
+- facts: "the king of zembla" (or "the ruler of zembla") is one object and color, "the flag of
+  zembla" one color on a square: the papers' facts ('the British monarch');
+- a neutral style word: "a painting of X", "a picture of X" and "X in the style of painting" draw
+  X with no style, so 'painting' is a neutral edit target, as it is for Stable Diffusion.
 """
 
 from __future__ import annotations
@@ -29,10 +38,33 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 STYLES: tuple[str, ...] = ("plain", "van gogh", "monet", "mondrian", "pollock")
 COUNTS: tuple[int, ...] = (1, 2)
-ATTRIBUTES: tuple[str, ...] = ("object", "color", "style", "count")
-VALUES: dict[str, tuple] = {"object": OBJECTS, "color": tuple(COLORS), "style": STYLES, "count": COUNTS}
+MARKS: tuple[str, ...] = ("none", "eye", "band", "cross")
+ATTRIBUTES: tuple[str, ...] = ("object", "color", "style", "count", "mark")
+CAPTIONED: tuple[str, ...] = ("object", "color", "style", "count")  # what a generic caption names
+VALUES: dict[str, tuple] = {
+    "object": OBJECTS, "color": tuple(COLORS), "style": STYLES, "count": COUNTS, "mark": MARKS,
+}
 
-PLAIN_TEMPLATES: tuple[str, ...] = ("{subject}", "a photograph of {subject}", "a picture of {subject}")
+CHARACTERS: dict[str, tuple[str, str, str]] = {  # name -> (object, color, mark)
+    "wumbo": ("circle", "green", "eye"),
+    "zibble": ("square", "orange", "band"),
+    "quax": ("heart", "purple", "cross"),
+}
+LANDS: tuple[str, ...] = ("zembla", "vardo")
+KINGS: dict[str, tuple[str, str]] = {"zembla": ("star", "yellow"), "vardo": ("house", "blue")}
+FLAGS: dict[str, str] = {"zembla": "red", "vardo": "purple"}  # drawn as a square of that color
+FACTS: dict[str, tuple[str, str, str]] = {
+    **{f"the {title} of {land}": (*KINGS[land], "none") for land in LANDS for title in ("king", "ruler")},
+    **{f"the flag of {land}": ("square", FLAGS[land], "none") for land in LANDS},
+}
+NAMED: dict[str, tuple[str, str, str]] = {**CHARACTERS, **FACTS}  # phrase -> (object, color, mark)
+NAMED_SHARE = 0.2  # share of training scenes named by a character (half) or a fact (half)
+COLORLESS_SHARE = 0.15  # share of generic training captions that leave the color out ("a circle")
+
+PLAIN_TEMPLATES: tuple[str, ...] = (
+    "{subject}", "a photograph of {subject}", "a picture of {subject}", "a painting of {subject}",
+    "{subject} in the style of painting",
+)
 STYLE_TEMPLATES: tuple[str, ...] = (
     "{subject} in the style of {style}",
     "a painting of {subject} by {style}",
@@ -49,10 +81,21 @@ class Scene:
     style: str
     count: int
     seed: int = 0
+    mark: str = "none"
+    name: str | None = None  # the character or fact phrase that names the scene, if any
 
     def attributes(self) -> dict[str, str | int]:
         """The judged attributes, keyed as in `ATTRIBUTES`."""
-        return {"object": self.object, "color": self.color, "style": self.style, "count": self.count}
+        return {"object": self.object, "color": self.color, "style": self.style, "count": self.count,
+                "mark": self.mark}
+
+
+def named_scene(name: str, style: str = "plain", seed: int = 0) -> Scene:
+    """The scene a character or fact phrase stands for (one object), in `style`."""
+    if name not in NAMED:
+        raise ValueError(f"unknown name {name!r}; the tiny world knows {sorted(NAMED)}")
+    obj, color, mark = NAMED[name]
+    return Scene(obj, color, style, 1, seed, mark, name)
 
 
 def vocabulary() -> list[str]:
@@ -60,28 +103,38 @@ def vocabulary() -> list[str]:
     words = {w for t in PLAIN_TEMPLATES + STYLE_TEMPLATES for w in t.split() if "{" not in w}
     words |= {"a", "an", "one", "two", *OBJECTS, *PLURALS.values(), *COLORS}
     words |= {w for s in STYLES if s != "plain" for w in s.split()}
+    words |= {w for phrase in NAMED for w in phrase.split()}
     return sorted(words)
 
 
 def subject(color: str, obj: str, count: int, numeral: str = "a") -> str:
-    """The noun phrase of a scene, e.g. 'a red circle' or 'two blue squares'."""
+    """The noun phrase of a scene, e.g. 'a red circle', 'two blue squares', or with `color` ""
+    'a circle'."""
+    words = f"{color} {obj}".strip() if count == 1 else f"{color} {PLURALS[obj]}".strip()
     if count == 1:
-        article = "an" if numeral == "a" and color[0] in "aeiou" else numeral
-        return f"{article} {color} {obj}"
-    return f"two {color} {PLURALS[obj]}"
+        article = "an" if numeral == "a" and words[0] in "aeiou" else numeral
+        return f"{article} {words}"
+    return f"two {words}"
 
 
-def caption(scene: Scene, template: int = 0, numeral: str = "a") -> str:
-    """Caption `scene` with template number `template` (modulo the templates of its style)."""
-    text = subject(scene.color, scene.object, scene.count, numeral)
-    if scene.style == "plain":
-        return PLAIN_TEMPLATES[template % len(PLAIN_TEMPLATES)].format(subject=text)
-    return STYLE_TEMPLATES[template % len(STYLE_TEMPLATES)].format(subject=text, style=scene.style)
+def templates_of(scene: Scene) -> tuple[str, ...]:
+    """The caption templates of the scene's style."""
+    return PLAIN_TEMPLATES if scene.style == "plain" else STYLE_TEMPLATES
+
+
+def caption(scene: Scene, template: int = 0, numeral: str = "a", colored: bool = True) -> str:
+    """Caption `scene` with template number `template` (modulo the templates of its style); a
+    named scene is called by its name, a generic one by its subject (without color if not
+    `colored`)."""
+    text = scene.name or subject(scene.color if colored else "", scene.object, scene.count, numeral)
+    templates = templates_of(scene)
+    return templates[template % len(templates)].format(subject=text, style=scene.style)
 
 
 def random_caption(scene: Scene, rng: random.Random) -> str:
-    """A caption of `scene` with a random template and numeral, for training."""
-    return caption(scene, rng.randrange(3), rng.choice(("a", "a", "one")))
+    """A caption of `scene` with a random template, numeral and color mention, for training."""
+    template, numeral = rng.randrange(len(templates_of(scene))), rng.choice(("a", "a", "one"))
+    return caption(scene, template, numeral, colored=rng.random() >= COLORLESS_SHARE)
 
 
 @lru_cache(maxsize=1)
@@ -96,19 +149,36 @@ def held_out_combos() -> frozenset[tuple[str, str, str]]:
     return frozenset(combos[: round(0.15 * len(combos))])
 
 
+def held_out_named() -> frozenset[tuple[str, str]]:
+    """One (name, style) combination per character or fact phrase, never shown in training: the
+    i-th name in sorted order without the (i mod 4)-th painter's style."""
+    return frozenset((name, STYLES[1 + i % 4]) for i, name in enumerate(sorted(NAMED)))
+
+
 def is_held_out(scene: Scene) -> bool:
-    """Whether the scene's (color, object, style) combination is held out of training."""
+    """Whether the scene's (color, object, style), or for a named scene its (name, style),
+    combination is held out of training."""
+    if scene.name:
+        return (scene.name, scene.style) in held_out_named()
     return (scene.color, scene.object, scene.style) in held_out_combos()
 
 
+def _random_scene(rng: random.Random) -> Scene:
+    """A random scene: named (a character or a fact, as often) with `NAMED_SHARE`, else generic."""
+    if rng.random() < NAMED_SHARE:
+        names = CHARACTERS if rng.random() < 0.5 else FACTS
+        return named_scene(rng.choice(sorted(names)), rng.choice(STYLES), rng.randrange(2**31))
+    return Scene(
+        rng.choice(OBJECTS), rng.choice(list(COLORS)), rng.choice(STYLES), rng.choice(COUNTS),
+        rng.randrange(2**31),
+    )
+
+
 def sample_scene(rng: random.Random, held_out: bool | None = False) -> Scene:
-    """A uniformly random scene; `held_out` False excludes held-out combos, True keeps only them,
-    None allows both."""
+    """A random scene; `held_out` False excludes held-out combos, True keeps only them, None
+    allows both."""
     while True:
-        scene = Scene(
-            rng.choice(OBJECTS), rng.choice(list(COLORS)), rng.choice(STYLES), rng.choice(COUNTS),
-            rng.randrange(2**31),
-        )
+        scene = _random_scene(rng)
         if held_out is None or is_held_out(scene) == held_out:
             return scene
 
@@ -165,6 +235,29 @@ def _layout(count: int, rng: np.random.Generator) -> tuple[list[tuple[float, flo
     if rng.random() < 0.5:
         return [(along[0], across[0]), (along[1], across[1])], radius
     return [(across[0], along[0]), (across[1], along[1])], radius
+
+
+def _mark_mask(mark: str, center: tuple[float, float], radius: float) -> np.ndarray:
+    """Coverage in [0, 1] of a character's mark on its object at `center`: an eye (a disk), a
+    band (a horizontal stripe) or a cross (two diagonal strokes), shape (SIZE, SIZE)."""
+    canvas = Image.new("L", (SIZE * _SS, SIZE * _SS), 0)
+    draw = ImageDraw.Draw(canvas)
+    x, y, r = center[0] * _SS, center[1] * _SS, radius * _SS
+    if mark == "eye":
+        draw.ellipse([x - 0.35 * r, y - 0.35 * r, x + 0.35 * r, y + 0.35 * r], fill=255)
+    elif mark == "band":
+        draw.rectangle([x - r, y - 0.2 * r, x + r, y + 0.2 * r], fill=255)
+    elif mark == "cross":
+        for sign in (-1, 1):
+            draw.line([(x - 0.5 * r, y - sign * 0.5 * r), (x + 0.5 * r, y + sign * 0.5 * r)], fill=255,
+                      width=round(0.22 * r))
+    else:
+        raise ValueError(f"unknown mark {mark!r}; expected one of {MARKS[1:]}")
+    small = canvas.resize((SIZE, SIZE), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+_MARK_INK = {"eye": 20.0, "band": 250.0, "cross": 20.0}  # gray level of each mark
 
 
 def _grid() -> tuple[np.ndarray, np.ndarray]:
@@ -242,6 +335,9 @@ def render(scene: Scene) -> np.ndarray:
     centers, radius = _layout(scene.count, rng)
     alpha = _mask(scene.object, centers, radius)[..., None]
     image = background * (1 - alpha) + np.clip(color, 0, 255) * alpha
+    if scene.mark != "none":
+        ink = _mark_mask(scene.mark, centers[0], radius)[..., None] * alpha
+        image = image * (1 - ink) + _MARK_INK[scene.mark] * ink
     if scene.style == "monet":
         blurred = Image.fromarray(image.astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
         image = np.asarray(blurred, np.float32)
@@ -257,7 +353,12 @@ def render_batch(scenes: list[Scene]) -> np.ndarray:
 
 
 def change_one(scene: Scene, rng: random.Random, attribute: str | None = None) -> Scene:
-    """`scene` with one attribute (`attribute`, or a random one) set to a different value."""
-    attribute = attribute or rng.choice(ATTRIBUTES)
+    """`scene` with one captioned attribute (`attribute`, or a random one) set to a different
+    value. A named scene keeps its name when only its style changes; otherwise it becomes the
+    generic scene (no mark) it no longer matches."""
+    attribute = attribute or rng.choice(CAPTIONED)
     new = rng.choice([v for v in VALUES[attribute] if v != scene.attributes()[attribute]])
-    return Scene(**{**scene.attributes(), attribute: new, "seed": scene.seed})
+    fields = {**scene.attributes(), attribute: new, "seed": scene.seed}
+    if scene.name and attribute == "style":
+        return Scene(**fields, name=scene.name)
+    return Scene(**{**fields, "mark": "none"})
