@@ -181,27 +181,43 @@ def trace(
     _save(result, figure(result), out)
 
 
+class Wins(str, enum.Enum):
+    lowest = "lowest"
+    highest = "highest"
+
+
 @app.command()
 @user_errors
 def locogen(
     prompt: List[str] = typer.Option(..., help="a prompt with the attribute (repeat for several)"),
     target_prompt: str = typer.Option("a painting", help="what the window's layers see instead"),
     model: str = typer.Option("tiny", help=MODEL_HELP),
-    window: int = typer.Option(2, help="m, the number of consecutive cross-attention layers swapped"),
-    attribute: Optional[str] = typer.Option(None, help="score against this text (default: each prompt)"),
+    window: Optional[int] = typer.Option(None, help="fix m, the number of consecutive cross-attention layers "
+                                         "swapped (default: grow m from 1 until --threshold is met)"),
+    threshold: float = typer.Option(0.5, help="grow m until the best window does this share of what "
+                                    "swapping every layer does"),
+    mode: Wins = typer.Option(Wins.lowest, help="lowest score wins (style, objects: scored against each prompt) "
+                              "or highest (facts: scored against the target)"),
+    judged: Optional[List[str]] = typer.Option(None, help="on the tiny model, the attribute the judge reads "
+                                               "(repeat for several; default: style, or object and color "
+                                               "with --mode highest)"),
+    attribute: Optional[str] = typer.Option(None, help="score against this text instead"),
+    control_seed: int = typer.Option(0, help="seed of the random control's layers"),
     steps: int = typer.Option(25, min=1, help="denoising steps"),
     seeds: int = typer.Option(1, min=1, help="seeds 0 .. n-1 per prompt"),
-    clip: Optional[str] = typer.Option(None, help=CLIP_HELP),
+    clip: Optional[str] = typer.Option(None, help=CLIP_HELP + "; on the tiny model its judge scores unless given"),
     out: Optional[Path] = typer.Option(None, help=OUT_HELP),
     device: str = typer.Option("cpu", help=DEVICE_HELP),
 ) -> None:
-    """LoCoGen: slide a window of cross-attention layers fed the target prompt; print each window's score."""
+    """LoCoGen: slide windows of cross-attention layers fed the target prompt; print each window's
+    score with its 95% interval, and the controls."""
     from interventions.locogen import localize
     from viz.locogen import locogen_curve
 
     loaded = _load(model, device)
-    result = localize(loaded, prompt, target_prompt, window, attribute, seeds=range(seeds), steps=steps,
-                      scorer=_scorer(clip, model, device))
+    scorer = None if clip is None and model == "tiny" else _scorer(clip, model, device)
+    result = localize(loaded, prompt, target_prompt, window, attribute, mode.value, seeds=range(seeds), steps=steps,
+                      threshold=threshold, judged=judged or None, control_seed=control_seed, scorer=scorer)
     typer.echo(result.table())
     typer.echo(f"best window: {', '.join(result.best_sites)}")
     _save(result, locogen_curve(result), out)
@@ -217,18 +233,28 @@ def edit(
     model: str = typer.Option("tiny", help=MODEL_HELP),
     layer: List[str] = typer.Option([], help="locoedit: a cross-attention layer (name or index; repeat); "
                                              "'all' for every one; default SD1.x's style window"),
-    lam: float = typer.Option(0.01, help="closeness to the current weights (lambda)"),
+    lam: float = typer.Option(0.01, help="closeness to the current weights (lambda; locoedit: for W_K and W_V)"),
     encoder: Optional[str] = typer.Option(None, help="diffquickfix: the CLIP text encoder component to edit "
                                                      "(e.g. text_encoder_2 on SDXL/SD3); default the first"),
+    template: List[str] = typer.Option([], help="a prompt template with one '{}' slot for the concept (repeat); "
+                                                "default the method's own"),
+    positions: Optional[str] = typer.Option(None, help="key positions: subject, subject+eos or from-subject; "
+                                                       "default the method's own (diffquickfix from-subject, "
+                                                       "locoedit subject)"),
+    preserve: List[str] = typer.Option([], help="a prompt whose states the edit must keep (repeat)"),
+    preserve_file: Optional[Path] = typer.Option(None, help="a text file of prompts to preserve, one per line"),
+    preserve_weight: float = typer.Option(1.0, help="weight of keeping the preserved prompts against the edit"),
 ) -> None:
     """Compute a closed-form edit mapping the old concept(s) onto the new one; save it, do not apply it."""
+    options = dict(preserve=preserve + _lines(preserve_file), preserve_weight=preserve_weight)
+    options.update({k: v for k, v in (("templates", template), ("positions", positions)) if v})  # else the method's
     loaded = _load(model)
     if method is Method.diffquickfix:
         if layer:
             raise ValueError("--layer is for locoedit; diffquickfix edits the first text self-attention layer")
         from interventions import diffquickfix
 
-        result = diffquickfix.edit(loaded, old, new, lam=lam, encoder=encoder)
+        result = diffquickfix.edit(loaded, old, new, lam=lam, encoder=encoder, **options)
     else:
         if encoder:
             raise ValueError("--encoder is for diffquickfix; locoedit edits the denoiser's cross-attention layers")
@@ -236,12 +262,21 @@ def edit(
 
         layers = [int(x) if x.isdigit() else x for x in layer] or None
         layers = "all" if layers == ["all"] else layers
-        result = locoedit.edit(loaded, old, new, layers, lam_k=lam, lam_v=lam)
+        result = locoedit.edit(loaded, old, new, layers, lam_k=lam, lam_v=lam, **options)
     save.parent.mkdir(parents=True, exist_ok=True)
     result.save(save)
     changed = result.changed_parameters
     typer.echo(f"wrote {save}: {method.value} changes {len(changed)} weight(s) of {result.metadata['component']}: "
                f"{', '.join(changed)}")
+
+
+def _lines(path: Optional[Path]) -> list[str]:
+    """The non-blank lines of a text file, stripped (none without a file)."""
+    if path is None:
+        return []
+    if not path.is_file():
+        raise FileNotFoundError(f"--preserve-file {path} is not a file; pass a text file with one prompt per line")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 @app.command()
@@ -273,6 +308,37 @@ def apply(
             path = out / "images" / f"{i:02d}.png"
             Image.fromarray(as_uint8(image)).save(path)
             typer.echo(f"{path}: {prompt[i]}")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    delta: Path = typer.Argument(..., help="an edit written by `interp edit --save`"),
+    model: str = typer.Option("tiny", help=MODEL_HELP + "; the edit's unedited model"),
+    concept: List[str] = typer.Option([], help="evaluate only this old concept (repeat); default every one"),
+    images: int = typer.Option(128, min=1, help="images per group (prompts x seeds)"),
+    seed: int = typer.Option(0, help="first generation seed"),
+    controls: bool = typer.Option(True, help="also run the recipe at every layer and at a random one"),
+    control_seed: int = typer.Option(0, help="seed of the random-layer control's choice"),
+    steps: int = typer.Option(25, min=1, help="denoising steps"),
+    out: Optional[Path] = typer.Option(None, help="folder for the evaluation (result.json)"),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
+) -> None:
+    """Evaluate a saved edit with the tiny world's judge: efficacy, generalization and specificity
+    on held-out prompts, against the unedited model and two controls; print rates with intervals."""
+    from interp.editing import Edit
+    from interventions.edit_eval import evaluate_edit
+    from interventions.evaluate import tiny_judge
+
+    if not delta.is_file():
+        raise FileNotFoundError(f"{delta} does not exist; write one with `interp edit ... --save {delta}`")
+    if model != "tiny":
+        typer.echo("warning: judging with the tiny world's judge, which reads only the tiny world's scenes", err=True)
+    result = evaluate_edit(_load(model, device), Edit.load(delta), concept or None, images_per_group=images, seed=seed,
+                           controls=controls, control_seed=control_seed, judge=tiny_judge, steps=steps)
+    typer.echo(result.table())
+    if out is not None:
+        typer.echo(f"wrote {result.save(out)}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

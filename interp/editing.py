@@ -59,13 +59,17 @@ def _float64(name: str, x: Tensor, device: torch.device) -> Tensor:
     return x64
 
 
-def _check_positive(name: str, value: float) -> None:
-    """Raise `EditInputError` unless `value` is a finite number above zero."""
+LAM_ROLE = "it keeps the edit close to the current weight and makes the system solvable (the papers use 0.01)"
+PRESERVE_ROLE = (
+    "it weighs keeping the preserved inputs' outputs against the edit (1.0 weighs them like the edited keys; "
+    "pass no preservation inputs to turn it off)"
+)
+
+
+def _check_positive(name: str, value: float, role: str = LAM_ROLE) -> None:
+    """Raise `EditInputError` unless `value` is a finite number above zero; `role` says what it does."""
     if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
-        raise EditInputError(
-            f"{name} must be a finite number > 0, got {value!r}; it keeps the edit close to the "
-            f"current weight and makes the system solvable (the papers use 0.01)"
-        )
+        raise EditInputError(f"{name} must be a finite number > 0, got {value!r}; {role}")
 
 
 def solve_closed_form(
@@ -84,7 +88,7 @@ def solve_closed_form(
     device.
     """
     _check_positive("lam", lam)
-    _check_positive("preserve_lam", preserve_lam)
+    _check_positive("preserve_lam", preserve_lam, PRESERVE_ROLE)
     _check_matrix("weight", weight, None, "")
     out_dim, in_dim = weight.shape
     _check_matrix("keys", keys, in_dim, f"the weight's input size (weight {tuple(weight.shape)})")

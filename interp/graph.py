@@ -168,13 +168,16 @@ class Graph:
         return len(self.runs)
 
     def closure(self, name: str) -> list[str]:
-        """`name` and every run it restores from, transitively, sources first."""
+        """`name` and every run it restores from, transitively, sources first.
+
+        Runs may restore from each other at different sites (the aligned protocol's shadow row
+        takes the target's latent, the target takes the shadow's layer output): a restore reads its
+        source's activation as it stands at that point of the forward pass, so they share a batch.
+        """
         order: list[str] = []
 
         def visit(current: str, path: tuple[str, ...]) -> None:
-            if current in path:
-                raise GraphValidationError(f"restore cycle: {' -> '.join((*path, current))}")
-            if current in order:
+            if current in path or current in order:
                 return
             for source in sorted(self.runs[current].sources()):
                 visit(source, (*path, current))
@@ -182,6 +185,29 @@ class Graph:
 
         visit(name, ())
         return order
+
+    def check_cycles(self, model: Model) -> None:
+        """Raise if runs restore one site from each other in a cycle (which value wins would depend
+        on the order of the operations, not on the graph)."""
+        edges: dict[str, dict[str, set[str]]] = {}  # site -> target run -> its sources at that site
+        for run in self.runs.values():
+            for op in run.ops:
+                if isinstance(op, Restore):
+                    edges.setdefault(model.site(op.site).name, {}).setdefault(run.name, set()).add(op.source)
+        for site, sources in edges.items():
+            for start in sources:
+                stack, seen = [(start, (start,))], set()
+                while stack:
+                    current, path = stack.pop()
+                    for source in sources.get(current, ()):
+                        if source == start:
+                            raise GraphValidationError(
+                                f"restore cycle at {site}: {' -> '.join((*path, start))}; a run cannot take "
+                                "a site from a run that takes the same site from it"
+                            )
+                        if source not in seen:
+                            seen.add(source)
+                            stack.append((source, (*path, source)))
 
     def validate(self, model: Model) -> None:
         """Raise a specific `InterpError` for the first problem found; return None if runnable."""
@@ -199,11 +225,11 @@ class Graph:
                         f"run {run.name!r} restores from {source!r} but they differ in guidance, steps "
                         "or size; a source must share its target's denoising loop"
                     )
-            self.closure(run.name)
             if run.steps < 1:
                 raise GraphValidationError(f"run {run.name!r} has steps={run.steps}; use at least 1")
             for op in run.ops:
                 _validate_op(model, run, op)
+        self.check_cycles(model)
 
 
 def _validate_op(model: Model, run: Run, op: Operation) -> None:

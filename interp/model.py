@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from string import Formatter
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,6 +30,26 @@ class SubjectSpan:
     def last(self) -> int:
         """The subject's last token, where causal tracing finds the text encoder's knowledge."""
         return self.positions[-1]
+
+
+def template_prefix(template: str) -> str | None:
+    """The text before `template`'s slot ("a photo of {}" -> "a photo of ", escaped braces read as
+    text), or None unless it has exactly one '{}' slot (no name, index or format spec)."""
+    try:
+        fields = list(Formatter().parse(template))
+    except ValueError:  # an unmatched brace
+        return None
+    slots = [i for i, (_, name, _, _) in enumerate(fields) if name is not None]
+    if len(slots) != 1 or fields[slots[0]][1:] != ("", "", None):
+        return None
+    return "".join(text for text, *_ in fields[: slots[0] + 1])
+
+
+def _occurrences(ids: list[int], wanted: list[int]) -> list[int]:
+    """Start positions of every occurrence of the run `wanted` in `ids` (none for an empty run)."""
+    if not wanted:
+        return []
+    return [start for start in range(len(ids) - len(wanted) + 1) if ids[start : start + len(wanted)] == wanted]
 
 
 class Model:
@@ -112,21 +133,50 @@ class Model:
         end = ids.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in ids else len(ids)
         return tokenizer.convert_ids_to_tokens(ids[:end])
 
-    def locate(self, prompt: str, subject: str, tokenizer_index: int = 0) -> SubjectSpan:
-        """Token positions of `subject` in `prompt` (the first occurrence) as tokenizer
-        `tokenizer_index` splits it; `tokenizer_index(site)` says which one a site's positions use."""
+    def locate(self, prompt: str, subject: str, tokenizer_index: int = 0, template: str | None = None) -> SubjectSpan:
+        """Token positions of `subject` in `prompt` as tokenizer `tokenizer_index` splits it
+        (`tokenizer_index(site)` says which one a site's positions use).
+
+        Without `template`, the first occurrence. With it (`prompt` must be `template.format(subject)`),
+        the occurrence in the template's slot: in "a painting in the style of {}" filled with "painting",
+        the second "painting", not the first. The slot's occurrence is counted, not measured: the
+        template's text before the slot holds n occurrences of the subject's tokens, so the slot is
+        occurrence n + 1 (robust to a tokenizer splitting the text around the slot differently).
+        """
         tokenizer = self.tokenizers[tokenizer_index]
-        wanted = tokenizer(self.adapter.preprocess(subject), add_special_tokens=False).input_ids
+        wanted = self._subject_ids(subject, tokenizer_index)
         ids = self.token_ids([prompt], tokenizer_index)[0].tolist()
-        for start in range(len(ids) - len(wanted) + 1):
-            if wanted and ids[start : start + len(wanted)] == wanted:
-                positions = tuple(range(start, start + len(wanted)))
-                return SubjectSpan(subject, positions, tuple(tokenizer.convert_ids_to_tokens(wanted)))
+        starts = _occurrences(ids, wanted)
+        before = 0 if template is None else self._slot_occurrence(prompt, subject, template, wanted, tokenizer_index)
+        if len(starts) > before:
+            positions = tuple(range(starts[before], starts[before] + len(wanted)))
+            return SubjectSpan(subject, positions, tuple(tokenizer.convert_ids_to_tokens(wanted)))
+        where, fix = ("", "pass a subject spelled as in the prompt") if template is None else (
+            f" in the slot of template {template!r}",
+            f"the tokenizer cuts prompts at {len(ids)} tokens: shorten the template",
+        )
         raise SubjectNotFoundError(
             f"subject {subject!r} (tokens {tokenizer.convert_ids_to_tokens(wanted)}) is not in prompt "
-            f"{prompt!r}, whose tokens are {self.tokens(prompt, tokenizer_index)}; pass a subject spelled as in "
-            "the prompt"
+            f"{prompt!r}{where}, whose tokens are {self.tokens(prompt, tokenizer_index)}; {fix}"
         )
+
+    def _subject_ids(self, text: str, tokenizer_index: int) -> list[int]:
+        """`text`'s token ids without special tokens, as the pipeline would preprocess it."""
+        tokenizer = self.tokenizers[tokenizer_index]
+        return tokenizer(self.adapter.preprocess(text), add_special_tokens=False).input_ids
+
+    def _slot_occurrence(
+        self, prompt: str, subject: str, template: str, wanted: list[int], tokenizer_index: int
+    ) -> int:
+        """Which occurrence of the subject's tokens `wanted` the slot is (0 for the first): how often they
+        occur in `template`'s text before its slot."""
+        prefix = template_prefix(template)
+        if prefix is None or template.format(subject) != prompt:
+            raise SubjectNotFoundError(
+                f"template {template!r} must have exactly one '{{}}' slot and give prompt {prompt!r} when filled "
+                f"with subject {subject!r}; pass the template the prompt was made from"
+            )
+        return len(_occurrences(self._subject_ids(prefix, tokenizer_index), wanted))
 
     def check_positions(self, positions: tuple[int, ...] | list[int], site: str | Site | None = None) -> None:
         """Raise `TokenRangeError` for a position outside the padded sequence (`site`'s tokenizer's)."""

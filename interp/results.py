@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from interp.errors import ResultFormatError
+from interp.stats import mean_interval
 
 FORMAT = "interp.score-grid/1"
 G = TypeVar("G", bound="ScoreGrid")
@@ -94,6 +95,10 @@ class ScoreGrid:
     def std(self, name: str) -> np.ndarray:
         """Spread of a score over units (population std; 0 for a single unit)."""
         return unit_std(self.scores[name])
+
+    def interval(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, low, high, n) of a score over units: a Student-t 95% interval per cell."""
+        return mean_interval(self.scores[name])
 
     def cells(self) -> list[tuple]:
         """Every grid cell's labels, in row-major order."""

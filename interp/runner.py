@@ -174,7 +174,7 @@ def _hook_points(
             action = _Action(op, name, rows, element=site.element)
             if isinstance(op, Restore):
                 action.source_rows = _rows(chunk.index(op.source), n, cfg, op.branch, site.is_text)
-            point(site.component, site.path, "output", site.tuple_output).actions.append(action)
+            point(site.component, site.path, site.io, site.tuple_output).actions.append(action)
     for hook in points.values():
         hook.actions.sort(key=lambda a: _PRIORITY.get(type(a.op), 0))
     return sorted(points.values(), key=lambda h: h.order)
@@ -218,10 +218,13 @@ def _apply(action: _Action, out: torch.Tensor, captures: dict[str, dict[str, lis
 def _visit(envoy: Any, hook: _HookPoint, actions: list[_Action], captures: dict) -> None:
     """Read the hook point once and apply its actions (inputs are replaced, outputs edited in place)."""
     if hook.io == "input":
-        context = envoy.input.clone()
+        value = envoy.input.clone()
         for action in actions:
-            context[action.rows] = action.context.to(context.device, context.dtype)
-        envoy.input = context
+            if action.context is not None:  # Swap: the key/value projections read another prompt's text
+                value[action.rows] = action.context.to(value.device, value.dtype)
+            else:
+                _apply(action, value, captures)
+        envoy.input = value
         return
     output = envoy.output
     for action in actions:

@@ -1,4 +1,7 @@
-"""CLIP-score: cosine similarity of CLIP image and text embeddings, for any transformers CLIP.
+"""Scorers: anything `(images, texts) -> (N,) tensor` scores a recipe's images (the `Scorer`
+protocol). CLIP-score, the papers' score, ships here: cosine similarity of CLIP image and text
+embeddings, for any transformers CLIP. The bundled tiny model brings a ground-truth scorer of its
+own (`models.tiny.scoring.JudgeScore`).
 
 Images are preprocessed here (resize the short side, center-crop, normalise) rather than through
 transformers' image processors, whose fast variants need torchvision; text goes through the CLIP's
@@ -11,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Union
+from typing import Protocol, Union, runtime_checkable
 
 import numpy as np
 import torch
@@ -100,8 +103,22 @@ def _as_batch(images: Images) -> list[Tensor]:
     return chunks
 
 
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores image i against text i (its prompt or an attribute's text); higher is more faithful.
+
+    `name` says in results and reports which score was used (e.g. "clip-score", "judge P(style)").
+    """
+
+    name: str
+
+    def __call__(self, images: Images, texts: Sequence[str]) -> Tensor: ...
+
+
 class CLIPScore:
     """Cosine similarity between CLIP embeddings of images and texts, batched, without gradients."""
+
+    name = "clip-score"
 
     def __init__(
         self,

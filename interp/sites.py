@@ -19,6 +19,7 @@ from interp.errors import UnknownSiteError
 
 TEXT_KINDS = ("text-embed", "text-self-attn", "text-mlp", "text-hidden")
 DENOISER_KINDS = ("resnet", "self-attn", "cross-attn", "ff")
+LATENT = "latent"  # the denoiser's input sample at each step: a site of every model
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Site:
     element: int = 0
     kv_paths: tuple[str, ...] = ()
     aliases: tuple[str, ...] = field(default=())
+    io: str = "output"
 
     @property
     def is_text(self) -> bool:
@@ -99,17 +101,21 @@ class SiteMap:
         return True
 
     def names(self) -> list[str]:
-        return [s.name for s in self._sites]
+        return [s.name for s in self._sites if s.kind != LATENT]
 
     def filter(self, kind: str | None = None, component: str | None = None) -> list[Site]:
-        """Sites of one kind (e.g. "cross-attn", "text-mlp") and/or component, in forward order."""
+        """Sites of one kind (e.g. "cross-attn", "text-mlp") and/or component, in forward order.
+
+        Without a kind: the layers' sites, not the denoiser's input (`latent`, asked for by kind or name).
+        """
         if kind is not None and kind not in {s.kind for s in self._sites}:
             kinds = sorted({s.kind for s in self._sites})
             raise UnknownSiteError(f"no sites of kind {kind!r}; this model has kinds {kinds}")
         return [
             s
             for s in self._sites
-            if (kind is None or s.kind == kind) and (component is None or s.component == component)
+            if (s.kind == kind if kind is not None else s.kind != LATENT)
+            and (component is None or s.component == component)
         ]
 
     def __getitem__(self, name: str) -> Site:
@@ -216,6 +222,15 @@ def name_sites(
             sites.append(Site(name, component, path, pattern.kind, pattern.block.format(**groups),
                               event.post, event.tuple_output, pattern.element, kv))
     return sorted(sites, key=lambda s: s.order)
+
+
+def latent_site(component: str, events: dict[str, Event]) -> Site:
+    """The denoiser's input sample (`latent`), read or replaced before anything else in a step.
+
+    Restoring it into another run makes that run denoise this run's latent: the aligned causal
+    trace's donor is the clean prompt on the restored run's own latent (a "shadow" row).
+    """
+    return Site(LATENT, component, "", LATENT, order=events[""].pre, io="input")
 
 
 def meta_twin(module: torch.nn.Module) -> torch.nn.Module:

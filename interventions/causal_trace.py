@@ -4,26 +4,28 @@ Three kinds of run per (prompt, seed) unit: *clean*; *corrupted* (Gaussian noise
 embeddings of the subject tokens in every text encoder, at the positions its own tokenizer gives
 them, std = `noise` x the empirical std of those tokens' embedding rows, a fixed seed per corrupted
 sample); *restored* (corrupted, but one state copied back from the clean run: a denoiser site at
-every step, or one text-encoder (site, token) state). Each
-image is CLIP-scored against its prompt; the indirect effect is IE = S_restored - S_corrupted,
-normalised by S_clean - S_corrupted. Everything is one graph, so the runner batches all restored
-runs with their clean source.
+every step, or one text-encoder (site, token) state). Each image is scored against its prompt (the
+judge's probability of the subject's attribute on the bundled tiny model, CLIP-score elsewhere);
+the indirect effect is IE = S_restored - S_corrupted, normalised by S_clean - S_corrupted, with a
+95% interval over units (prompt x seed x noise sample). Everything is one graph, so the runner
+batches all restored runs with their clean source (and, under the aligned protocol, their shadows).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Union
+from dataclasses import dataclass, replace
+from typing import Literal, Union
 
 import numpy as np
 
 from interp.graph import Branch, Graph, Noise, Restore, Run
 from interp.model import Model, SubjectSpan
 from interp.results import ScoreGrid, unit_mean, unit_std
-from interp.scoring import CLIPScore
-from interp.sites import Site
-from interventions.sweep import default_scorer, run_and_score
+from interp.scoring import Scorer
+from interp.sites import LATENT, Site
+from interp.stats import Interval, interval, mean_interval
+from interventions.sweep import default_scorer, run_and_score, subject_attributes
 
 Prompts = Union[str, Sequence[Union[str, Sequence[str]]]]
 SiteGroup = Union[str, Sequence[str]]
@@ -95,38 +97,61 @@ def corruption(model: Model, unit: Unit, stds: dict[str, float], seed: int) -> l
 
 
 class TraceResult(ScoreGrid):
-    """Clean, corrupted and restored CLIP-scores per unit; restored over the trace's grid axes.
+    """Clean, corrupted and restored scores per unit; restored over the trace's grid axes.
 
-    scores: "clean" (units,), "corrupted" (units,), "restored" (units, *grid). A cell a unit
-    lacks (a token role its prompt has no token for) is NaN and left out of means.
+    A unit is one (prompt, seed, noise sample). scores: "clean" (units,), "corrupted" (units,),
+    "restored" (units, *grid). A cell a unit lacks (a token role its prompt has no token for) is
+    NaN and left out of means. Units whose total effect (clean - corrupted) is below
+    `settings["min_effect"]` are dropped: kept on file (`units[i]["dropped"]`), never averaged in.
     """
 
     @property
+    def kept(self) -> np.ndarray:
+        """Per unit: whether it counts (its corruption removed enough to trace)."""
+        return np.array([not u.get("dropped", False) for u in self.units], dtype=bool)
+
+    @property
+    def dropped(self) -> int:
+        """How many units were dropped for too small a total effect."""
+        return int((~self.kept).sum())
+
+    @property
     def ie_samples(self) -> np.ndarray:
-        """Per-unit indirect effect S_restored - S_corrupted, (units, *grid)."""
+        """Per-unit indirect effect S_restored - S_corrupted, (units, *grid); NaN for dropped units."""
         corrupted = self.scores["corrupted"].reshape(-1, *[1] * len(self.axes))
-        return self.scores["restored"] - corrupted
+        ie = self.scores["restored"] - corrupted
+        ie[~self.kept] = np.nan
+        return ie
 
     @property
     def ie(self) -> np.ndarray:
-        """Mean indirect effect over units."""
+        """Mean indirect effect over kept units."""
         return unit_mean(self.ie_samples)
 
     @property
     def ie_std(self) -> np.ndarray:
-        """Spread of the indirect effect over units."""
+        """Spread of the indirect effect over kept units."""
         return unit_std(self.ie_samples)
+
+    def ie_interval(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, low, high, n) of the indirect effect per cell: Student-t 95% over kept units."""
+        return mean_interval(self.ie_samples)
+
+    def total_interval(self) -> Interval:
+        """S_clean - S_corrupted over kept units, with its 95% interval."""
+        return interval((self.scores["clean"] - self.scores["corrupted"])[self.kept])
 
     @property
     def total_effect(self) -> float:
-        """Mean S_clean - S_corrupted: what the corruption removed."""
-        return float(np.mean(self.scores["clean"] - self.scores["corrupted"]))
+        """Mean S_clean - S_corrupted over kept units: what the corruption removed."""
+        kept = self.kept
+        return float(np.mean((self.scores["clean"] - self.scores["corrupted"])[kept])) if kept.any() else float("nan")
 
     @property
     def normalized_ie(self) -> np.ndarray:
         """Mean IE / mean (S_clean - S_corrupted): 1 = restores everything, 0 = nothing (NaN if no effect)."""
         total = self.total_effect
-        return self.ie / total if total != 0 else np.full(self.shape, np.nan)
+        return self.ie / total if total and not np.isnan(total) else np.full(self.shape, np.nan)
 
     def top(self, k: int = 5) -> list[tuple[tuple, float, float]]:
         """The `k` cells with the largest mean IE: (cell labels, IE, IE std)."""
@@ -135,10 +160,18 @@ class TraceResult(ScoreGrid):
         cells = self.cells()
         return [(cells[i], float(ie[i]), float(std[i])) for i in order[:k]]
 
+    def summary(self) -> str:
+        """One line: score, protocol, clean and corrupted means, units kept and dropped."""
+        kept = self.kept
+        clean, corrupted = (interval(self.scores[k][kept]) if kept.any() else None for k in ("clean", "corrupted"))
+        scores = f"clean {clean}  corrupted {corrupted}" if clean else "no unit kept"
+        return (f"score {self.settings.get('scorer', 'clip-score')} · protocol {self.settings.get('protocol', 'paper')} · "
+                f"{scores} · {int(kept.sum())} units kept, {self.dropped} dropped "
+                f"(total effect < {self.settings.get('min_effect', 0.0)})")
+
     def table(self) -> str:
-        """A text table of mean IE (a list for one axis, a matrix for two)."""
-        head = (f"clean {np.mean(self.scores['clean']):.4f}  corrupted {np.mean(self.scores['corrupted']):.4f}  "
-                f"({len(self.units)} units)")
+        """A text table of mean IE (a matrix for two axes; a list with 95% intervals for one)."""
+        head = self.summary()
         if len(self.axes) == 2:
             rows, cols = (self.coords[a] for a in self.axes)
             width = max(8, *(len(str(c)) + 1 for c in cols))
@@ -146,10 +179,14 @@ class TraceResult(ScoreGrid):
             for label, values in zip(rows, self.ie):
                 lines.append(f"{str(label):<20}" + "".join(f"{v:>{width}.4f}" for v in values))
             return "\n".join([head, *lines])
-        lines = [f"{self.axes[0]:<24}{'restored':>10}{'IE':>10}{'+-':>8}{'norm IE':>9}"]
-        for cell, restored, ie, std, nie in zip(self.cells(), self.mean("restored").ravel(), self.ie.ravel(),
-                                                self.ie_std.ravel(), self.normalized_ie.ravel()):
-            lines.append(f"{' '.join(map(str, cell)):<24}{restored:>10.4f}{ie:>10.4f}{std:>8.4f}{nie:>9.3f}")
+        mean, low, high, n = self.ie_interval()
+        lines = [f"{self.axes[0]:<24}{'restored':>10}{'IE':>9}{'95% interval':>20}{'n':>5}{'norm IE':>9}"]
+        for cell, restored, ie, lo, hi, count, nie in zip(
+            self.cells(), self.mean("restored").ravel(), mean.ravel(), low.ravel(), high.ravel(), n.ravel(),
+            self.normalized_ie.ravel(),
+        ):
+            lines.append(f"{' '.join(map(str, cell)):<24}{restored:>10.4f}{ie:>9.4f}"
+                         f"{f'[{lo:.4f}, {hi:.4f}]':>20}{int(count):>5}{nie:>9.3f}")
         return "\n".join([head, *lines])
 
 
@@ -157,54 +194,72 @@ class TraceResult(ScoreGrid):
 # is one restored run's Restore ops (scores are averaged over the runs); no runs means the cell
 # does not apply to that unit.
 CellRuns = Callable[[Unit, tuple[int, ...], str], list[list[Restore]]]
+Protocol = Literal["paper", "aligned"]
+PROTOCOLS = ("paper", "aligned")
 
 
 def _trace(
     model: Model, units: list[Unit], axes: tuple[str, ...], coords: dict[str, list], cell_runs: CellRuns,
-    noise: float, samples: int, steps: int, guidance_scale: float, scorer: CLIPScore | None,
-    chunk_size: int | None, progress: bool, settings: dict,
+    noise: float, samples: int, steps: int, guidance_scale: float, scorer: Scorer | None,
+    chunk_size: int | None, progress: bool, settings: dict, protocol: Protocol = "paper",
+    min_effect: float | None = None,
 ) -> TraceResult:
-    """Build the clean / corrupted / restored graph for every unit, run it once, score, aggregate."""
+    """Build the clean / corrupted / restored graph for every unit, run it once, score, aggregate.
+
+    `protocol="aligned"` gives every restored run a shadow run (the clean prompt on the restored
+    run's own latent, through a `latent` restore) and restores from the shadow instead of the clean run.
+    """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    scorer = default_scorer(model, scorer, subject_attributes([u.span.subject for u in units]))
+    min_effect = getattr(scorer, "min_effect", 0.0) if min_effect is None else min_effect
     stds = {site.name: noise * embedding_std(model, units, site) for site in model.sites("text-embed")}
     shape = tuple(len(coords[a]) for a in axes)
     graph, texts = Graph(), {}
-    layout: list[dict[tuple[int, ...], list[list[str]]]] = []  # unit -> cell -> sample -> run names
+    layout: list[dict[tuple[int, ...], list[str]]] = []  # (unit, sample) -> cell -> restored run names
 
     def add(name: str, unit: Unit, ops: list) -> str:
         graph.add(Run(name, unit.prompt, unit.seed, guidance_scale, steps, ops=ops))
         texts[name] = unit.prompt
         return name
 
+    def add_restored(name: str, unit: Unit, corrupt: list[Noise], restores: list[Restore]) -> str:
+        if protocol == "aligned":
+            shadow = add(f"{name}/shadow", unit, [Restore(LATENT, source=name)])
+            restores = [replace(op, source=shadow) for op in restores]
+        return add(name, unit, [*corrupt, *restores])
+
     for u, unit in enumerate(units):
         clean = add(f"u{u}/clean", unit, [])
-        corruptions = [corruption(model, unit, stds, k) for k in range(samples)]
-        for k, corrupt in enumerate(corruptions):
+        for k in range(samples):
+            corrupt = corruption(model, unit, stds, k)
             add(f"u{u}/n{k}/corrupted", unit, corrupt)
-        cells = {}
-        for index in np.ndindex(*shape):
-            label = "/".join(str(coords[a][i]) for a, i in zip(axes, index))
-            restores = cell_runs(unit, index, clean)
-            cells[index] = [
-                [add(f"u{u}/n{k}/{label}/{j}", unit, [*corrupt, *ops]) for j, ops in enumerate(restores)]
-                for k, corrupt in enumerate(corruptions)
-            ]
-        layout.append(cells)
+            cells = {}
+            for index in np.ndindex(*shape):
+                label = "/".join(str(coords[a][i]) for a, i in zip(axes, index))
+                cells[index] = [add_restored(f"u{u}/n{k}/{label}/{j}", unit, corrupt, ops)
+                                for j, ops in enumerate(cell_runs(unit, index, clean))]
+            layout.append(cells)
 
-    scores, images = run_and_score(model, graph, texts, default_scorer(scorer), chunk_size, progress)
-    restored = np.full((len(units), *shape), np.nan)
-    for u, cells in enumerate(layout):
-        for index, per_sample in cells.items():
-            values = [scores[n] for names in per_sample for n in names]
-            if values:
-                restored[(u, *index)] = np.mean(values)
-    clean = [scores[f"u{u}/clean"] for u in range(len(units))]
-    corrupted = [np.mean([scores[f"u{u}/n{k}/corrupted"] for k in range(samples)]) for u in range(len(units))]
+    scores, images = run_and_score(model, graph, texts, scorer, chunk_size, progress)
+    rows = [(u, k) for u in range(len(units)) for k in range(samples)]
+    restored = np.full((len(rows), *shape), np.nan)
+    for r, cells in enumerate(layout):
+        for index, names in cells.items():
+            if names:
+                restored[(r, *index)] = np.mean([scores[n] for n in names])
+    clean = np.array([scores[f"u{u}/clean"] for u, _ in rows])
+    corrupted = np.array([scores[f"u{u}/n{k}/corrupted"] for u, k in rows])
+    records = [{**units[u].record(), "sample": k, "dropped": bool(c - x < min_effect)}
+               for (u, k), c, x in zip(rows, clean, corrupted)]
     settings = {**settings, "noise": noise, "noise_std": stds, "samples": samples, "steps": steps,
-                "guidance_scale": guidance_scale}
+                "guidance_scale": guidance_scale, "scorer": scorer.name, "protocol": protocol,
+                "min_effect": min_effect}
+    shown = {n: image for n, image in images.items() if not n.endswith("/shadow")}
     return TraceResult(axes, coords, {"clean": clean, "corrupted": corrupted, "restored": restored},
-                       [u.record() for u in units], settings, images)
+                       records, settings, shown)
 
 
 def trace_unet(
@@ -214,21 +269,31 @@ def trace_unet(
     sites: Sequence[SiteGroup] | None = None,
     seeds: Sequence[int] = (0,),
     noise: float = 3.0,
-    samples: int = 1,
+    samples: int = 10,
     steps: int = 25,
     guidance_scale: float = 7.5,
-    scorer: CLIPScore | None = None,
+    scorer: Scorer | None = None,
     branch: Branch = "both",
     chunk_size: int | None = None,
     progress: bool = True,
+    protocol: Protocol = "paper",
+    min_effect: float | None = None,
 ) -> TraceResult:
     """Causal trace of denoiser sites: restore each site's clean activation at every step.
 
     `sites`: names, or groups of names restored together (a tuple, labelled by its names joined
     with "+"; `()` restores nothing and is labelled "none", all denoiser sites "all"); every
     denoiser site alone by default. `prompt` is one prompt (with `subject`) or a list of prompts and
-    (prompt, subject) pairs; scores average over prompts x `seeds`, each image scored against its
-    own prompt. `branch` picks the classifier-free-guidance rows restored.
+    (prompt, subject) pairs; units are prompts x `seeds` x `samples` noise samples (10 by default,
+    as ROME), each image scored against its own prompt (`scorer`: the judge's probability of the
+    subject's attribute on the bundled tiny model, CLIP-score elsewhere). Units whose total effect
+    is below `min_effect` (the scorer's `min_effect`, else 0) are dropped and counted.
+
+    `protocol`: "paper" copies the clean run's activation at every step, even after the clean and
+    corrupted trajectories diverge, so a site that never reads the text can get a spurious effect;
+    "aligned" takes the donor from the clean prompt evaluated on the restored run's own latent at
+    each step (a shadow run), so such a site has IE 0 by construction. `branch` picks the
+    classifier-free-guidance rows restored.
     """
     denoiser = tuple(s.name for s in model.sites() if not s.is_text)
     groups = list(denoiser) if sites is None else list(sites)
@@ -241,7 +306,7 @@ def trace_unet(
 
     settings = {"recipe": "trace_unet", "branch": branch}
     return _trace(model, units, ("site",), {"site": labels}, cell_runs, noise, samples, steps, guidance_scale,
-                  scorer, chunk_size, progress, settings)
+                  scorer, chunk_size, progress, settings, protocol, min_effect)
 
 
 def token_role(position: int, span: SubjectSpan, length: int) -> str:
@@ -284,14 +349,18 @@ def trace_text_encoder(
     tokens: Sequence[int] | None = None,
     seeds: Sequence[int] = (0,),
     noise: float = 3.0,
-    samples: int = 1,
+    samples: int = 10,
     steps: int = 25,
     guidance_scale: float = 7.5,
-    scorer: CLIPScore | None = None,
+    scorer: Scorer | None = None,
     chunk_size: int | None = None,
     progress: bool = True,
+    min_effect: float | None = None,
 ) -> TraceResult:
     """Causal trace of text-encoder states: restore one (site, token position) state, generate, score.
+
+    Units, scores and dropped units as in `trace_unet`. Text states are computed once per prompt,
+    before any denoising, so the paper's protocol is the only one here.
 
     Axes ("site", "token"). Positions are those of each site's own tokenizer. With one prompt that
     the sites' tokenizers split alike, the token axis is its positions up to EOS (or `tokens`);
@@ -324,4 +393,5 @@ def trace_text_encoder(
 
     settings = {"recipe": "trace_text_encoder", "kinds": list(kinds), "tokens": "roles" if by_role else "positions"}
     return _trace(model, units, ("site", "token"), {"site": [s.name for s in sites], "token": token_labels},
-                  cell_runs, noise, samples, steps, guidance_scale, scorer, chunk_size, progress, settings)
+                  cell_runs, noise, samples, steps, guidance_scale, scorer, chunk_size, progress, settings,
+                  min_effect=min_effect)

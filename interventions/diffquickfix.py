@@ -10,6 +10,12 @@ values are the outputs minus the bias (W' k_new): with the bias added back, the 
 reproduces the new concept's full output. The edit is returned, not applied (see
 `interventions.edits.apply`); its parameter names are relative to the text encoder.
 
+Beyond the notebook: `positions="subject"` or `"subject+eos"` narrows the keys (see
+`interventions.edits.aligned`), and `preserve` prompts (UCE-style) add preserve_weight *
+sum ||W p - W' p||^2 over the out-projection's inputs p of each preserved prompt at every position,
+so those prompts' states stay where they were. Concepts are located in each template's slot, so
+"painting" in "a painting in the style of {}" is the slot's "painting", not the first one.
+
 Which encoder: a CLIP text tower, the first by default (SD 1.x/2.x's only one; SDXL's and SD3's
 CLIP-L, or `encoder="text_encoder_2"` for their OpenCLIP bigG). Those models also read the prompt
 through their other encoders, so one edit per CLIP encoder removes more. T5 encoders (DeepFloyd IF,
@@ -32,10 +38,11 @@ from torch import Tensor, nn
 from interp.editing import Edit, _check_positive, solve_closed_form
 from interp.errors import UnknownSiteError, UnsupportedModelError
 from interp.model import Model
-from interventions.edits import is_clip, pairs, template_prompts
+from interventions.edits import aligned, check_positions, check_templates, is_clip, pairs, place, preserve_prompts
 
 TEMPLATES = ("{}", "a photo of {}", "an image of {}", "a picture of {}")
 LAM = 0.01
+POSITIONS = "from-subject"  # the notebook's keys: the last subject token and every later position
 
 
 def edit(
@@ -46,26 +53,35 @@ def edit(
     lam: float = LAM,
     templates: Sequence[str] = TEMPLATES,
     encoder: str | None = None,
+    positions: str = POSITIONS,
+    preserve: str | Sequence[str] = (),
+    preserve_weight: float = 1.0,
 ) -> Edit:
     """The DiffQuickFix edit mapping each `old` concept onto its `new` one at text layer `layer` of
     the CLIP text encoder component `encoder` (the first text encoder by default).
 
     `old` and `new` are one concept or lists (a single `new` serves every `old`); all pairs go into
-    one solve. Raises `SubjectNotFoundError` if a concept's tokens are not found in its prompt
-    (e.g. cut off by the tokenizer's length), `UnknownSiteError` for a layer the encoder lacks and
-    `EditInputError` for lam <= 0 and `UnsupportedModelError` for an encoder that is not CLIP;
-    nothing is written in any case.
+    one solve. `positions` picks the keys (`interventions.edits.aligned`): "from-subject" (the
+    notebook's), "subject" or "subject+eos". `preserve` prompts keep their states: the layer's
+    output for each at every position stays what it was, weighted by `preserve_weight` (UCE-style).
+    Raises `SubjectNotFoundError` if a concept's tokens are not found in its template's slot
+    (e.g. cut off by the tokenizer's length), `UnknownSiteError` for a layer the encoder lacks,
+    `EditInputError` for lam <= 0, bad positions or bad preservation input, and
+    `UnsupportedModelError` for an encoder that is not CLIP; nothing is written in any case.
     """
     _check_positive("lam", lam)
+    preserved = preserve_prompts(preserve, preserve_weight)
     component, path = out_proj(model, layer, encoder)
-    keys, values = collect_pairs(model, old, new, layer, templates, component)
+    keys, values = collect_pairs(model, old, new, layer, templates, component, positions)
     name = f"{path}.weight"
     weight = model.components[component].get_parameter(name)
+    kept = collect_preserved(model, preserved, layer, component) if preserved else None
     metadata = {
         "method": "diffquickfix", "component": component, "layer": layer, "lam": lam,
-        "concepts": [list(p) for p in pairs(old, new)], "templates": list(templates),
+        "concepts": [list(p) for p in pairs(old, new)], "templates": list(templates), "positions": positions,
+        "preserve": preserved, "preserve_weight": preserve_weight,
     }
-    return Edit({name: solve_closed_form(weight, keys, values, lam)}, metadata)
+    return Edit({name: solve_closed_form(weight, keys, values, lam, kept, preserve_weight)}, metadata)
 
 
 def out_proj(model: Model, layer: int, encoder: str | None = None) -> tuple[str, str]:
@@ -106,29 +122,35 @@ def collect_pairs(
     layer: int = 0,
     templates: Sequence[str] = TEMPLATES,
     encoder: str | None = None,
+    positions: str = POSITIONS,
 ) -> tuple[Tensor, Tensor]:
-    """Keys (n, in) and values (n, out) of every (old, new) pair in every template.
+    """Keys (n, in) and values (n, out) of every (old, new) pair in every template, at `positions`.
 
-    Subjects are located in every prompt (by the encoder's own tokenizer) before anything runs; old
-    and new prompts share one forward pass of the text encoder, stopped at the out-projection.
+    Subjects are located in every template's slot (by the encoder's own tokenizer) before anything
+    runs; old and new prompts share one forward pass of the text encoder, stopped at the
+    out-projection. Values are the out-projection's outputs without its bias (W' x).
     """
+    check_positions(positions)
+    check_templates(templates)
     component, path = out_proj(model, layer, encoder)
     index = model.adapter.text_encoders.index(component)
-    olds, news = [], []
-    for old_concept, new_concept in pairs(old, new):
-        old_prompts, new_prompts = template_prompts(templates, old_concept), template_prompts(templates, new_concept)
-        for old_prompt, new_prompt in zip(old_prompts, new_prompts):
-            olds.append((old_prompt, model.locate(old_prompt, old_concept, index).last))
-            news.append((new_prompt, model.locate(new_prompt, new_concept, index).last))
-    inputs = _inputs(model, component, path, [p for p, _ in olds + news])
-    weight = model.components[component].get_submodule(path).weight
+    placed = [(place(model, t, old_concept, index), place(model, t, new_concept, index))
+              for old_concept, new_concept in pairs(old, new) for t in templates]
+    inputs = _inputs(model, component, path, [p.prompt for row in placed for p in row])
+    weight = model.components[component].get_submodule(path).weight.detach()
     keys, values = [], []
-    for i, ((_, old_last), (_, new_last)) in enumerate(zip(olds, news)):
-        k, v = inputs[i, old_last:], inputs[len(olds) + i, new_last:]
-        n = min(len(k), len(v))
-        keys.append(k[:n])
-        values.append(v[:n] @ weight.detach().T)
+    for i, (old_placed, new_placed) in enumerate(placed):
+        key_positions, value_positions = aligned(positions, old_placed, new_placed)
+        keys.append(inputs[2 * i, key_positions])
+        values.append(inputs[2 * i + 1, value_positions] @ weight.T)
     return torch.cat(keys), torch.cat(values)
+
+
+def collect_preserved(model: Model, prompts: Sequence[str], layer: int = 0, encoder: str | None = None) -> Tensor:
+    """Preservation keys (n, in): the out-projection's input for each prompt at every position of the
+    padded sequence (every state the encoder hands on), in one forward pass."""
+    component, path = out_proj(model, layer, encoder)
+    return _inputs(model, component, path, list(prompts)).flatten(0, 1)
 
 
 class _Collected(Exception):

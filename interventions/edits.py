@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from torch import nn
 
-from interp.editing import Edit
+from interp.editing import PRESERVE_ROLE, Edit, _check_positive
 from interp.errors import EditInputError, EditMismatchError
-from interp.model import Model
+from interp.model import Model, template_prefix
 
 
 def component(model: Model, edit: Edit) -> nn.Module:
@@ -81,7 +82,95 @@ def pairs(old: str | Sequence[str], new: str | Sequence[str]) -> list[tuple[str,
 
 
 def template_prompts(templates: Sequence[str], concept: str) -> list[str]:
-    """`concept` in each template ("a photo of {}")."""
-    if not templates or not all("{}" in t for t in templates):
-        raise EditInputError(f"templates must be a non-empty list of strings with a '{{}}' slot, got {templates!r}")
+    """`concept` in each template ("a photo of {}"); each template needs exactly one '{}' slot."""
+    check_templates(templates)
     return [t.format(concept) for t in templates]
+
+
+def check_templates(templates: Sequence[str]) -> None:
+    """Raise `EditInputError` unless `templates` is a non-empty list of templates (`check_template`)."""
+    if isinstance(templates, str) or not templates:
+        raise EditInputError(f"templates must be a non-empty list of strings with a '{{}}' slot, got {templates!r}")
+    for template in templates:
+        check_template(template)
+
+
+def check_template(template: str, what: str = "template") -> None:
+    """Raise `EditInputError` unless `template` is a string with exactly one '{}' slot."""
+    if not isinstance(template, str) or template_prefix(template) is None:
+        raise EditInputError(
+            f"{what} {template!r} needs exactly one '{{}}' slot for the concept, e.g. 'a photo of {{}}' (write a "
+            f"literal brace as '{{{{' or '}}}}')"
+        )
+
+
+def preserve_prompts(preserve: str | Sequence[str], weight: float) -> list[str]:
+    """The preservation prompts as a list (one prompt or several; none for an empty sequence), with
+    their `weight` checked to be a finite number > 0."""
+    prompts = [preserve] if isinstance(preserve, str) else list(preserve)
+    if not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise EditInputError(f"preserve must be a prompt or a list of non-empty prompts, got {preserve!r}")
+    _check_positive("preserve_weight", weight, PRESERVE_ROLE)
+    return prompts
+
+
+# --- key positions ---------------------------------------------------------------------------------
+
+POSITIONS = ("subject", "subject+eos", "from-subject")
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A concept placed in a template, in one tokenizer's padded sequence: its last token and the
+    first EOS after it (every position from there on is EOS or padding; None if truncation cut it)."""
+
+    prompt: str
+    last: int
+    eos: int | None
+    length: int
+
+
+def place(model: Model, template: str, concept: str, tokenizer_index: int = 0) -> Placed:
+    """`concept` in `template`'s slot ('painting' in 'a painting in the style of {}' is the second
+    'painting'), located by tokenizer `tokenizer_index`."""
+    prompt = template_prompts([template], concept)[0]
+    last = model.locate(prompt, concept, tokenizer_index, template=template).last
+    ids = model.token_ids([prompt], tokenizer_index)[0].tolist()
+    eos = model.tokenizers[tokenizer_index].eos_token_id
+    return Placed(prompt, last, ids.index(eos, last + 1) if eos in ids[last + 1 :] else None, len(ids))
+
+
+def aligned(positions: str, old: Placed, new: Placed) -> tuple[list[int], list[int]]:
+    """Key positions in the old prompt and, pairwise, the positions in the new prompt whose states
+    are their values.
+
+    - "subject": the last subject token of each.
+    - "from-subject": the last subject token and every later position (EOS and padding included),
+      aligned from the last subject tokens; the longer run is cut.
+    - "subject+eos": the last subject token, then the EOS and padding positions aligned from each
+      prompt's first EOS (the longer run cut); the tokens between them are left out.
+    """
+    check_positions(positions)
+    if positions == "subject":
+        return [old.last], [new.last]
+    if positions == "from-subject":
+        start_old, start_new = old.last, new.last
+    else:
+        cut = [p.prompt for p in (old, new) if p.eos is None]
+        if cut:
+            raise EditInputError(
+                f"positions='subject+eos' needs an EOS token after the subject, but the tokenizer cut it from "
+                f"{cut}; shorten the template or use positions='subject'"
+            )
+        start_old, start_new = old.eos, new.eos
+    n = min(old.length - start_old, new.length - start_new)
+    keys, values = list(range(start_old, start_old + n)), list(range(start_new, start_new + n))
+    if positions == "subject+eos":
+        keys, values = [old.last, *keys], [new.last, *values]
+    return keys, values
+
+
+def check_positions(positions: str) -> None:
+    """Raise `EditInputError` unless `positions` is one of `POSITIONS`."""
+    if positions not in POSITIONS:
+        raise EditInputError(f"positions must be one of {', '.join(POSITIONS)}; got {positions!r}")

@@ -2,9 +2,10 @@
 
 Generates every (prompt, seed) pair through the runner in one batched graph, reads each image's
 attributes back with the tiny model's judge (`models.tiny.judge`: "object", "color", "style",
-"count") and reports hit rates and per-attribute accuracies. Recipes use it to check their claims
-with ground truth: after an edit removes "van gogh", van gogh prompts stop yielding the swirl
-texture while other styles, colors and objects keep theirs.
+"count", "mark") and reports hit rates and per-attribute accuracies. Cases are generic scenes or
+named ones (a character or a fact, which expects its object, color and mark). Recipes use it to
+check their claims with ground truth: after an edit removes "van gogh", van gogh prompts stop
+yielding the swirl texture while other styles, colors and objects keep theirs.
 
     scenes = evaluation_scenes(12, styles=("van gogh",))
     style_hit_rate(model, captions(scenes), "van gogh", seeds=(0, 1))
@@ -22,10 +23,11 @@ import torch
 from interp.graph import Graph, Operation, Run
 from interp.model import Model
 from interp.runner import run
-from models.tiny import ATTRIBUTES, COLORS, COUNTS, OBJECTS, STYLES, Scene, caption, is_held_out
+from models.tiny import ATTRIBUTES, COLORS, COUNTS, OBJECTS, STYLES, VALUES, Scene, caption, is_held_out
 
 Judge = Callable[[torch.Tensor], list[dict]]
 Expected = Mapping[str, object]  # attribute -> value the prompt asks for, e.g. {"style": "monet"}
+Unit = tuple[str, int]  # (prompt, seed): one generated image
 
 EVAL_SEED = 20_000  # layout of evaluation scenes, apart from training's and models.tiny.evaluate's
 STEPS = 25  # the tiny model's sampling defaults (models.tiny.pipeline)
@@ -41,7 +43,7 @@ def tiny_judge(images: torch.Tensor) -> list[dict]:
 
 @dataclass(frozen=True)
 class Judged:
-    """Judged attributes of generated images, one row per (prompt, seed), prompt-major."""
+    """Judged attributes of generated images, one row per (prompt, seed) unit, in generation order."""
 
     prompts: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -87,12 +89,25 @@ def generate(
     """
     if not prompts or not seeds:
         raise ValueError(f"need at least one prompt and one seed, got {len(prompts)} prompts, {len(seeds)} seeds")
-    rows = [(p, s) for p in prompts for s in seeds]
+    return generate_units(model, [(p, s) for p in prompts for s in seeds], steps, guidance_scale, ops)
+
+
+def generate_units(
+    model: Model,
+    units: Sequence[Unit],
+    steps: int = STEPS,
+    guidance_scale: float = GUIDANCE,
+    ops: Sequence[Operation] = (),
+) -> torch.Tensor:
+    """Images (len(units), 3, H, W) in [0, 1] of (prompt, seed) units, in order, from one batched
+    graph: for measurements whose groups need different seeds per prompt."""
+    if not units:
+        raise ValueError("need at least one (prompt, seed) unit")
     graph = Graph([
-        Run(f"{i}", prompt, int(seed), guidance_scale, steps, ops=list(ops)) for i, (prompt, seed) in enumerate(rows)
+        Run(f"{i}", prompt, int(seed), guidance_scale, steps, ops=list(ops)) for i, (prompt, seed) in enumerate(units)
     ])
     images = run(model, graph, progress=False).images
-    return torch.stack([images[f"{i}"] for i in range(len(rows))])
+    return torch.stack([images[f"{i}"] for i in range(len(units))])
 
 
 def judge_generations(
@@ -108,12 +123,22 @@ def judge_generations(
     (prompt, expected attributes) pair. `generation` goes to `generate` (steps, guidance_scale, ops).
     """
     prompts, expected = _prompts_and_expectations(cases)
-    images = generate(model, prompts, seeds, **generation)
-    predictions = judge(images)
-    per_row = len(seeds)
+    if not seeds:
+        raise ValueError("need at least one seed")
+    units = [(p, int(s)) for p in prompts for s in seeds]
+    return judge_units(model, units, [e for e in expected for _ in seeds], judge, **generation)
+
+
+def judge_units(
+    model: Model, units: Sequence[Unit], expected: Sequence[Expected], judge: Judge = tiny_judge, **generation
+) -> Judged:
+    """Generate (prompt, seed) `units` in one batched graph and judge the images; `expected` holds
+    each unit's asked-for attributes. `generation` goes to `generate_units`."""
+    if len(units) != len(expected):
+        raise ValueError(f"need one expectation per unit, got {len(expected)} for {len(units)} units")
+    predictions = judge(generate_units(model, units, **generation))
     return Judged(
-        tuple(p for p in prompts for _ in seeds), tuple(int(s) for _ in prompts for s in seeds),
-        tuple(e for e in expected for _ in range(per_row)), tuple(predictions),
+        tuple(p for p, _ in units), tuple(int(s) for _, s in units), tuple(expected), tuple(predictions)
     )
 
 
@@ -185,8 +210,7 @@ def _prompts_and_expectations(cases: Sequence[Scene | tuple[str, Expected]]) -> 
 
 def _check_value(attribute: str, value: object) -> None:
     """Raise `ValueError` unless the judge can read `value` for `attribute`."""
-    values = {"object": OBJECTS, "color": tuple(COLORS), "style": STYLES, "count": COUNTS}
-    if attribute not in values:
-        raise ValueError(f"unknown attribute {attribute!r}; the judge reads {list(values)}")
-    if value not in values[attribute]:
-        raise ValueError(f"{attribute} {value!r} is not one the judge knows: {list(values[attribute])}")
+    if attribute not in VALUES:
+        raise ValueError(f"unknown attribute {attribute!r}; the judge reads {list(VALUES)}")
+    if value not in VALUES[attribute]:
+        raise ValueError(f"{attribute} {value!r} is not one the judge knows: {list(VALUES[attribute])}")

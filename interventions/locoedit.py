@@ -17,6 +17,12 @@ Layers whose keys and targets agree share one solve. Where the sequence joins se
 tokens (SD3: CLIP, then T5), each part gives a key at its own last subject token, mapped onto the
 same part's target, so the concept cannot pass through the unedited part.
 
+Beyond the paper: `positions="subject+eos"` or `"from-subject"` adds the EOS and padding states,
+which the layers also read and which carry the concept in a causal encoder (see
+`interventions.edits.aligned`); `preserve` prompts (UCE-style) keep every edited matrix's output on
+their states at every position. Concepts are located in each template's slot, so "painting" in
+"a painting in the style of {}" is the slot's "painting", not the first one.
+
     edit = locoedit.edit(model, ["van gogh", "monet"], "painting", layers=("cross-attn-8", "cross-attn-9"))
 """
 
@@ -31,15 +37,19 @@ from interp.editing import Edit, _check_positive, solve_shared_keys
 from interp.errors import UnknownSiteError
 from interp.model import Model
 from interp.sites import Site
-from interventions.edits import is_clip, pairs, template_prompts
+from interventions.edits import (
+    aligned, check_positions, check_template, check_templates, is_clip, pairs, place, preserve_prompts,
+)
 
 TEMPLATES = ("{}", "a painting in the style of {}", "a photo in the style of {}", "a picture in the style of {}")
 STYLE_WINDOW = ("cross-attn-8", "cross-attn-9")  # LoCoGen's style window in SD1.5 and SD2.1
 TARGET_PROMPT = "a {}"
 LAM = 0.01
+POSITIONS = "subject"  # the paper's keys: the last subject token only
 
 Layers = str | int | Sequence[str | int] | None
 Pairs = tuple[Tensor, Tensor]  # keys (n, d), targets (n, d)
+Problem = tuple[Tensor, Tensor, Tensor | None]  # keys, targets, preservation keys (m, d)
 
 
 def edit(
@@ -51,28 +61,41 @@ def edit(
     lam_v: float = LAM,
     templates: Sequence[str] = TEMPLATES,
     target_prompt: str = TARGET_PROMPT,
+    positions: str = POSITIONS,
+    preserve: str | Sequence[str] = (),
+    preserve_weight: float = 1.0,
 ) -> Edit:
     """The LoCoEdit edit of W_K and W_V of `layers` mapping each `old` concept onto its `new` one.
 
     `layers`: cross-attention site names or LoCoGen indices (`cross-attn-8` or 8), "all" for every
     cross-attention layer, or None for LoCoGen's SD1.x style window `STYLE_WINDOW`. `new` is one
     concept for all, or one per old concept; `target_prompt` holds it ("a {}" -> "a painting").
+    `positions` picks the keys (`interventions.edits.aligned`): "subject" (the paper's), or
+    "subject+eos" / "from-subject", which add the EOS and padding states the layers also read.
+    `preserve` prompts keep what the edited layers read from them: their keys and values at every
+    position stay as they were, weighted by `preserve_weight` (UCE-style).
     Raises `UnknownSiteError` for layers the model lacks, `SubjectNotFoundError` for a concept
-    missing from its prompt, `EditInputError` for a lambda <= 0; nothing is written in any case.
+    missing from its template's slot, `EditInputError` for a lambda <= 0, bad positions or bad
+    preservation input; nothing is written in any case.
     """
     _check_positive("lam_k", lam_k)
     _check_positive("lam_v", lam_v)
-    sites = cross_attention_layers(model, layers)
-    collected = collect(model, old, new, templates, target_prompt, [s.name for s in sites])
+    preserved = preserve_prompts(preserve, preserve_weight)
+    names = [s.name for s in cross_attention_layers(model, layers)]
+    sites = [model.site(name) for name in names]
+    collected = collect(model, old, new, templates, target_prompt, names, positions)
+    kept = collect_preserved(model, preserved, names) if preserved else {}
     weights: dict[str, Tensor] = {}
-    for group, (keys, targets) in _shared(sites, collected):
+    problems = {name: (*collected[name], kept.get(name)) for name in names}
+    for group, (keys, targets, preserve_keys) in _shared(sites, problems):
         k_weights, v_weights = ({name: model.denoiser.get_parameter(name) for name in _weight_names(group, i)}
                                 for i in (0, 1))  # to_k, to_v
-        weights.update(solve(k_weights, v_weights, keys, targets, lam_k, lam_v))
+        weights.update(solve(k_weights, v_weights, keys, targets, lam_k, lam_v, preserve_keys, preserve_weight))
     metadata = {
-        "method": "locoedit", "component": model.adapter.denoiser, "layers": [s.name for s in sites],
+        "method": "locoedit", "component": model.adapter.denoiser, "layers": names,
         "lam_k": lam_k, "lam_v": lam_v, "concepts": [list(p) for p in pairs(old, new)],
-        "templates": list(templates), "target_prompt": target_prompt,
+        "templates": list(templates), "target_prompt": target_prompt, "positions": positions,
+        "preserve": preserved, "preserve_weight": preserve_weight,
     }
     return Edit(weights, metadata)
 
@@ -82,30 +105,31 @@ def _weight_names(sites: list[Site], which: int) -> list[str]:
     return [f"{s.kv_paths[which]}.weight" for s in sites]
 
 
-def _shared(sites: list[Site], collected: Mapping[str, Pairs]) -> list[tuple[list[Site], Pairs]]:
-    """Sites grouped by identical (keys, targets), in order: each group is one solve."""
-    groups: list[tuple[list[Site], Pairs]] = []
+def _shared(sites: list[Site], problems: Mapping[str, Problem]) -> list[tuple[list[Site], Problem]]:
+    """Sites grouped by identical (keys, targets, preservation keys), in order: each group is one solve."""
+    groups: list[tuple[list[Site], Problem]] = []
     for site in sites:
-        keys, targets = collected[site.name]
-        for members, (k, t) in groups:
-            if torch.equal(k, keys) and torch.equal(t, targets):
+        problem = problems[site.name]
+        for members, other in groups:
+            if all(a is b or (a is not None and b is not None and torch.equal(a, b)) for a, b in zip(problem, other)):
                 members.append(site)
                 break
         else:
-            groups.append(([site], (keys, targets)))
+            groups.append(([site], problem))
     return groups
 
 
 def solve(
     k_weights: Mapping[str, Tensor], v_weights: Mapping[str, Tensor], keys: Tensor, targets: Tensor,
-    lam_k: float = LAM, lam_v: float = LAM,
+    lam_k: float = LAM, lam_v: float = LAM, preserve_keys: Tensor | None = None, preserve_weight: float = 1.0,
 ) -> dict[str, Tensor]:
     """New key and value projections: each maps every key row to its own output on the matching
-    target row. One shared-keys float64 solve per lambda."""
+    target row and keeps its output on every `preserve_keys` row. One shared-keys float64 solve per
+    lambda."""
     solved = {}
     for weights, lam in ((k_weights, lam_k), (v_weights, lam_v)):
         values = {name: targets.to(w.dtype) @ w.detach().T for name, w in weights.items()}
-        solved.update(solve_shared_keys(weights, keys, values, lam))
+        solved.update(solve_shared_keys(weights, keys, values, lam, preserve_keys, preserve_weight))
     return solved
 
 
@@ -116,39 +140,54 @@ def collect(
     templates: Sequence[str] = TEMPLATES,
     target_prompt: str = TARGET_PROMPT,
     layers: Layers = "all",
+    positions: str = POSITIONS,
 ) -> dict[str, Pairs]:
-    """Per cross-attention site of `layers` (by name): keys (n, d), the site's key/value input at the
-    last subject token of every old concept in every template, and targets (n, d), its input at the
-    matching new concept in `target_prompt`; one pair per token stream of the sequence
-    (`Adapter.context_offsets`: SD3's CLIP and T5 parts).
+    """Per cross-attention site of `layers` (by name): keys (n, d), the site's key/value input at
+    `positions` of every old concept in every template, and targets (n, d), its input at the aligned
+    positions of the matching new concept in `target_prompt`; pairs for each token stream of the
+    sequence in turn (`Adapter.context_offsets`: SD3's CLIP and T5 parts).
 
-    Subjects are located in every prompt first; all prompts share one text-encoder pass, which for
-    causal (CLIP) encoders stops at the last subject token instead of running the padding, and one
-    `Adapter.kv_inputs` call for all sites.
+    Concepts are located in each template's slot first; all prompts share one text-encoder pass,
+    which for causal (CLIP) encoders stops at the last position needed instead of running the
+    padding, and one `Adapter.kv_inputs` call for all sites.
     """
+    check_positions(positions)
+    check_templates(templates)
+    check_template(target_prompt, "target_prompt")
     sites = cross_attention_layers(model, layers)
-    located = []
+    streams = model.adapter.context_offsets(model.pipe)
+    rows = []  # (old prompt, target prompt, key positions, target positions) along the whole sequence
     for old_concept, new_concept in pairs(old, new):
-        target = (target_prompt.format(new_concept), new_concept)
-        for prompt in template_prompts(templates, old_concept):
-            located.append(((prompt, old_concept), target))
-    unique = list(dict.fromkeys(p for row in located for p in row))
-    streams = model.adapter.context_offsets(model.pipe).items()
-    positions = torch.tensor([[offset + model.locate(prompt, subject, i).last for i, offset in streams]
-                              for prompt, subject in unique])  # (prompts, streams)
-    ids = [model.token_ids([p for p, _ in unique], i) for i in range(len(model.tokenizers))]
-    # SD/SDXL: no CLIP state depends on a later token and the layers read the states as they are
-    if all(map(is_clip, model.text_encoders)):
-        ids = [i[:, : int(positions.max()) + 1] for i in ids]
-    row = {pair: i for i, pair in enumerate(unique)}
-    key_rows, target_rows = [row[key] for key, _ in located], [row[target] for _, target in located]
+        targets = {i: place(model, target_prompt, new_concept, i) for i in streams}
+        for template in templates:
+            for i, offset in streams.items():
+                placed = place(model, template, old_concept, i)
+                key_positions, target_positions = aligned(positions, placed, targets[i])
+                rows.append((placed.prompt, targets[i].prompt,
+                             [offset + p for p in key_positions], [offset + p for p in target_positions]))
+    prompts = list(dict.fromkeys(p for row in rows for p in row[:2]))
+    row = {prompt: i for i, prompt in enumerate(prompts)}
+    inputs = _kv_inputs(model, sites, prompts, 1 + max(p for r in rows for p in r[2] + r[3]))
+    return {site.name: (torch.cat([kv[row[o], k] for o, _, k, _ in rows]),
+                        torch.cat([kv[row[t], v] for _, t, _, v in rows])) for site, kv in zip(sites, inputs)}
+
+
+def collect_preserved(model: Model, prompts: Sequence[str], layers: Layers = "all") -> dict[str, Tensor]:
+    """Per cross-attention site of `layers` (by name): preservation keys (n, d), the site's key/value
+    input for each prompt at every position of the sequence (every state the layer reads)."""
+    sites = cross_attention_layers(model, layers)
+    return {site.name: kv.flatten(0, 1) for site, kv in zip(sites, _kv_inputs(model, sites, list(prompts)))}
+
+
+def _kv_inputs(model: Model, sites: list[Site], prompts: list[str], length: int | None = None) -> list[Tensor]:
+    """`Adapter.kv_inputs` of `sites` for `prompts` (prompts, sequence, d), in one pass. With `length`
+    and only causal (CLIP) encoders, the text encoders stop after `length` positions: no CLIP state
+    depends on a later token and SD/SDXL's layers read the states as they are."""
+    ids = [model.token_ids(prompts, i) for i in range(len(model.tokenizers))]
+    if length is not None and all(map(is_clip, model.text_encoders)):
+        ids = [i[:, :length] for i in ids]
     with torch.no_grad():
-        inputs = model.adapter.kv_inputs(model.pipe, sites, model.adapter.encode(model.pipe, ids))
-    collected = {}
-    for site, kv in zip(sites, inputs):
-        states = kv[torch.arange(len(unique))[:, None], positions.to(kv.device)]  # (prompts, streams, d)
-        collected[site.name] = (states[key_rows].flatten(0, 1), states[target_rows].flatten(0, 1))
-    return collected
+        return model.adapter.kv_inputs(model.pipe, sites, model.adapter.encode(model.pipe, ids))
 
 
 def cross_attention_layers(model: Model, layers: Layers = None) -> list[Site]:

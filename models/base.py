@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from interp.errors import UnsupportedModelError
-from interp.sites import Event, Site, SitePattern, forward_events, meta_twin, name_sites
+from interp.sites import Event, Site, SitePattern, forward_events, latent_site, meta_twin, name_sites
 
 ADAPTERS: dict[str, type["Adapter"]] = {}
 # imported on first lookup; each registers its adapters
@@ -68,8 +68,10 @@ class Adapter(ABC):
         for component, module in self.components(pipe).items():
             twin = meta_twin(module)
             events[component] = forward_events(twin, self.meta_forward(component, twin))
-            found = name_sites(component, module, self.patterns[component], events[component])
-            sites.extend(self.finish_names(component, found))
+            found = self.finish_names(component, name_sites(component, module, self.patterns[component], events[component]))
+            if component == self.denoiser:
+                found = [latent_site(component, events[component]), *found]
+            sites.extend(found)
         return sites, events
 
     def finish_names(self, component: str, sites: list[Site]) -> list[Site]:

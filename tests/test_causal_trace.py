@@ -15,7 +15,7 @@ from models.tiny import WEIGHTS_DIR
 from tests.conftest import PROMPT, STEPS
 from tests.random_clip import random_clip_scorer
 
-FAST = dict(steps=2, progress=False)
+FAST = dict(steps=2, progress=False, samples=1, min_effect=-np.inf)  # random weights: keep every unit
 
 
 @pytest.fixture(scope="module")
@@ -31,30 +31,51 @@ def denoiser_sites(model) -> tuple[str, ...]:
 @pytest.fixture(scope="module")
 def unet_trace(model, scorer) -> TraceResult:
     return trace_unet(model, PROMPT, "van gogh", sites=[denoiser_sites(model), (), "mid-cross-attn"],
-                      samples=2, scorer=scorer, **FAST)
+                      scorer=scorer, **{**FAST, "samples": 2})
 
 
 def test_restoring_every_site_gives_clean_and_none_gives_corrupted(unet_trace):
     assert unet_trace.coords["site"] == ["all", "none", "mid-cross-attn"]
-    (everything, nothing, _), clean, corrupted = unet_trace.mean("restored"), *unet_trace.scores["clean"], \
-        *unet_trace.scores["corrupted"]
-    assert clean != pytest.approx(corrupted, abs=1e-5)  # the noise does something
-    assert everything == pytest.approx(clean, abs=1e-6)
-    assert nothing == pytest.approx(corrupted, abs=1e-6)
+    restored, clean, corrupted = unet_trace.scores["restored"], unet_trace.scores["clean"], unet_trace.scores["corrupted"]
+    assert clean[0] == clean[1] and corrupted[0] != corrupted[1]  # one clean run, a unit per noise sample
+    assert not np.allclose(clean, corrupted, atol=1e-5)  # the noise does something
+    np.testing.assert_allclose(restored[:, 0], clean, atol=1e-6)
+    np.testing.assert_allclose(restored[:, 1], corrupted, atol=1e-6)
     np.testing.assert_allclose(unet_trace.normalized_ie[:2], [1.0, 0.0], atol=1e-3)
     assert unet_trace.top(1)[0][0] == ("all",)
+
+
+def test_every_cell_has_a_t_interval_over_units(unet_trace):
+    mean, low, high, n = unet_trace.ie_interval()
+    assert n.tolist() == [2, 2, 2]
+    ie = unet_trace.ie_samples[:, 2]
+    half = 12.706 * np.std(ie, ddof=1) / np.sqrt(2)
+    assert (low[2], high[2]) == (pytest.approx(ie.mean() - half), pytest.approx(ie.mean() + half))
+    assert "n" in unet_trace.table().splitlines()[1] and "0 dropped" in unet_trace.table()
+
+
+def test_units_below_the_effect_threshold_are_dropped_and_counted(model, scorer):
+    kept = trace_unet(model, PROMPT, "van gogh", sites=["mid-cross-attn"], scorer=scorer, **{**FAST, "samples": 2})
+    effects = kept.scores["clean"] - kept.scores["corrupted"]
+    threshold = float(np.sort(effects)[1])  # the larger effect stays, the smaller goes
+    result = trace_unet(model, PROMPT, "van gogh", sites=["mid-cross-attn"], scorer=scorer,
+                        **{**FAST, "samples": 2, "min_effect": threshold})
+    assert result.dropped == 1 and result.kept.tolist() == (effects >= threshold).tolist()
+    assert result.ie_interval()[3].tolist() == [1]
+    assert result.ie[0] == pytest.approx(kept.ie_samples[effects >= threshold, 0][0])
 
 
 def test_trace_keeps_images_and_settings(model, unet_trace):
     tokens = [t.removesuffix("</w>") for t in model.tokens(PROMPT)]
     assert unet_trace.units == [{"prompt": PROMPT, "subject": "van gogh", "seed": 0, "positions": [8, 9],
-                                 "tokens": tokens}]
+                                 "tokens": tokens, "sample": k, "dropped": False} for k in range(2)]
     assert tokens[8:10] == ["van", "gogh"]
     # clean + 2 corrupted samples + 3 cells x 2 samples
     assert len(unet_trace.images) == 9 and unet_trace.images["u0/clean"].dtype == np.uint8
     subject_std = embedding_std(model, make_units(model, PROMPT, "van gogh", (0,)))
     assert unet_trace.settings["noise_std"] == pytest.approx({"text-embed": 3.0 * subject_std})
     assert "mid-cross-attn" in unet_trace.table()
+    assert unet_trace.settings["scorer"] == "clip-score" and unet_trace.settings["protocol"] == "paper"
 
 
 def test_noise_std_is_that_of_the_subject_embedding_rows(model):
@@ -78,7 +99,7 @@ def test_several_prompts_align_tokens_by_role_and_average(model, scorer):
     pairs = [(PROMPT, "van gogh"), ("a blue cat", "cat")]
     result = trace_text_encoder(model, pairs, kinds=("text-self-attn",), layers=[0], seeds=(0, 1),
                                 scorer=scorer, **FAST)
-    assert result.coords["token"] == list(ROLES) and len(result.units) == 4
+    assert result.coords["token"] == list(ROLES) and len(result.units) == 4  # 2 prompts x 2 seeds x 1 sample
     per_unit = result.scores["restored"][:, 0]
     assert np.isnan(per_unit[2:, ROLES.index("middle subject")]).all()  # "cat" is one token
     assert not np.isnan(result.ie[0, ROLES.index("last subject")])
@@ -116,8 +137,9 @@ def test_tiny_model_restoring_everything_gives_the_clean_score():
 
     tiny = interp.load("tiny")
     result = trace_unet(tiny, "a red circle in the style of van gogh", "van gogh",
-                        sites=[denoiser_sites(tiny), (), "mid-cross-attn"], steps=STEPS, progress=False)
+                        sites=[denoiser_sites(tiny), (), "mid-cross-attn"], steps=STEPS, samples=1, progress=False)
     clean, corrupted = result.scores["clean"][0], result.scores["corrupted"][0]
-    assert clean > corrupted  # losing "van gogh" lowers the CLIP-score against the prompt
+    assert result.settings["scorer"] == "judge P(style)"
+    assert clean > corrupted + 0.1  # losing "van gogh" lowers the judge's P(van gogh)
     assert result.mean("restored")[0] == pytest.approx(clean, abs=1e-5)
     assert result.mean("restored")[1] == pytest.approx(corrupted, abs=1e-5)

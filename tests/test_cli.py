@@ -101,6 +101,13 @@ def test_locogen_prints_best_window(clip_folder, tmp_path):
     assert "best window: " in result.output and (tmp_path / "loc" / "report.html").is_file()
 
 
+def test_locogen_grows_m_from_one_and_reports_the_controls(clip_folder):
+    result = invoke("locogen", "--model", "dummy", "--prompt", PROMPT, "--mode", "highest", "--threshold", "inf",
+                    "--steps", 1, "--clip", clip_folder)
+    assert result.exit_code == 0, result.output
+    assert "m = 4" in result.output and "95% interval" in result.output and "control, random layers" in result.output
+
+
 def test_locogen_window_too_large_exit_2(clip_folder):
     assert_user_error(invoke("locogen", "--model", "dummy", "--prompt", PROMPT, "--window", 9, "--clip", clip_folder),
                       "cross-attention layers")
@@ -121,6 +128,33 @@ def test_edit_diffquickfix_saves_delta(tmp_path):
                     "--new", "painting", "--save", tmp_path / "dqf.safetensors")
     assert result.exit_code == 0, result.output
     assert "out_proj.weight" in result.output and (tmp_path / "dqf.safetensors").is_file()
+
+
+@pytest.mark.parametrize("method", ["diffquickfix", "locoedit"])
+def test_edit_options_are_recorded_in_the_saved_edit(method, tmp_path):
+    from interp.editing import Edit
+
+    keep = tmp_path / "keep.txt"
+    keep.write_text("a red circle\n\n  a blue square  \n")
+    layers = ["--layer", "2", "--layer", "3"] if method == "locoedit" else []
+    result = invoke("edit", method, "--model", "dummy", "--old", "van gogh", "--new", "painting", *layers,
+                    "--template", "a photo of {}", "--template", "{}", "--positions", "subject+eos", "--lam", 0.5,
+                    "--preserve", "a green star", "--preserve-file", keep, "--preserve-weight", 3,
+                    "--save", tmp_path / "e.safetensors")
+    assert result.exit_code == 0, result.output
+    metadata = Edit.load(tmp_path / "e.safetensors").metadata
+    assert metadata["templates"] == ["a photo of {}", "{}"] and metadata["positions"] == "subject+eos"
+    assert metadata["preserve"] == ["a green star", "a red circle", "a blue square"]
+    assert metadata["preserve_weight"] == 3.0 and metadata.get("lam", metadata.get("lam_k")) == 0.5
+
+
+def test_edit_bad_positions_or_preserve_file_exit_2(tmp_path):
+    args = ("edit", "diffquickfix", "--model", "dummy", "--old", "van gogh", "--new", "painting",
+            "--save", tmp_path / "x.safetensors")
+    assert_user_error(invoke(*args, "--positions", "eos"), "positions must be one of subject, subject+eos")
+    assert_user_error(invoke(*args, "--preserve-file", tmp_path / "none.txt"), "none.txt")
+    assert_user_error(invoke(*args, "--template", "a photo of"), "needs exactly one '{}' slot")
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_edit_unknown_encoder_exit_2(tmp_path):
@@ -157,6 +191,32 @@ def test_apply_saves_edited_pipeline(delta, tmp_path):
 def test_apply_missing_delta_exit_2(tmp_path):
     assert_user_error(invoke("apply", tmp_path / "none.safetensors", "--model", "dummy", "--out", tmp_path / "o"),
                       "none.safetensors")
+
+
+@pytest.fixture
+def stub_judge(monkeypatch):
+    """The tiny judge replaced by a fixed reading (the command judges with it; tests need no weights)."""
+    reading = {"object": "circle", "color": "red", "style": "van gogh", "count": 1, "mark": "none"}
+    monkeypatch.setattr("interventions.evaluate.tiny_judge", lambda images: [reading] * len(images))
+
+
+def test_evaluate_prints_intervals_and_saves(stub_judge, tmp_path):
+    edit = tmp_path / "dqf.safetensors"
+    assert invoke("edit", "diffquickfix", "--model", "dummy", "--old", "van gogh", "--new", "painting",
+                  "--save", edit).exit_code == 0
+    result = invoke("evaluate", edit, "--model", "dummy", "--images", 2, "--steps", 1, "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    assert "all layers" in result.output and "van gogh  efficacy        style = van gogh  100.0% [34.2, 100.0] (n=2)" \
+        in result.output
+    assert (tmp_path / "eval" / "result.json").is_file()
+
+
+def test_evaluate_errors_exit_2(stub_judge, tmp_path):
+    assert_user_error(invoke("evaluate", tmp_path / "none.safetensors", "--model", "dummy"), "none.safetensors")
+    edit = tmp_path / "cat.safetensors"
+    made = invoke("edit", "diffquickfix", "--model", "dummy", "--old", "cat", "--new", "dog", "--save", edit)
+    assert made.exit_code == 0, made.output
+    assert_user_error(invoke("evaluate", edit, "--model", "dummy", "--steps", 1), "not a concept the tiny world")
 
 
 def test_unknown_device_exit_2():

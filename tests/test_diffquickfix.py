@@ -57,20 +57,76 @@ def test_edited_layer_maps_old_keys_onto_new_values(model) -> None:
     assert residual(solved, keys, values) < 0.3 * residual(weight, keys, values)
 
 
-def test_values_are_the_new_prompts_outputs_from_their_last_subject_token(model) -> None:
+def recorded(model: interp.Model, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer-0 out-projection's input and output without its bias for `prompt`, (L, d) each,
+    recorded by a hook on a plain forward pass of the text encoder."""
     out_proj = model.pipe.text_encoder.get_submodule(OUT_PROJ.removesuffix(".weight"))
-    outputs = []
-    handle = out_proj.register_forward_hook(lambda m, a, out: outputs.append(out))
+    seen = []
+    handle = out_proj.register_forward_hook(lambda m, args, out: seen.append((args[0][0], out[0] - m.bias)))
     try:
         with torch.no_grad():
-            model.pipe.text_encoder(model.token_ids(["a photo of painting"]))
+            model.pipe.text_encoder(model.token_ids([prompt]))
     finally:
         handle.remove()
+    return seen[0]
+
+
+def test_values_are_the_new_prompts_outputs_from_their_last_subject_token(model) -> None:
+    _, outputs = recorded(model, "a photo of painting")
     _, values = diffquickfix.collect_pairs(model, "van gogh", "painting", templates=("a photo of {}",))
     last = model.locate("a photo of painting", "painting").last
     start = model.locate("a photo of van gogh", "van gogh").last
-    expected = outputs[0][0, last : last + model.max_length - start] - out_proj.bias  # cut to the shorter
+    expected = outputs[last : last + model.max_length - start]  # cut to the shorter
     torch.testing.assert_close(values, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("positions", "key_positions", "value_positions"),
+    [  # "a photo of van gogh": gogh at 5, EOS at 6; "a photo of painting": painting at 4, EOS at 5; 16 positions
+        ("subject", [5], [4]),
+        ("from-subject", list(range(5, 16)), list(range(4, 15))),
+        ("subject+eos", [5, *range(6, 16)], [4, *range(5, 15)]),
+    ],
+)
+def test_positions_give_the_documented_keys_and_values(model, positions, key_positions, value_positions) -> None:
+    inputs, _ = recorded(model, "a photo of van gogh")
+    _, outputs = recorded(model, "a photo of painting")
+    keys, values = diffquickfix.collect_pairs(model, "van gogh", "painting", templates=("a photo of {}",),
+                                              positions=positions)
+    torch.testing.assert_close(keys, inputs[key_positions], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(values, outputs[value_positions], atol=1e-5, rtol=1e-5)
+    assert diffquickfix.edit(model, positions=positions).metadata["positions"] == positions
+
+
+def test_keys_come_from_the_templates_slot_not_the_first_occurrence(model) -> None:
+    """'painting' in 'a painting in the style of {}' is the slot's token (7), not the first (2)."""
+    template = "a painting in the style of {}"
+    inputs, _ = recorded(model, template.format("painting"))
+    _, outputs = recorded(model, template.format("drawing"))
+    keys, values = diffquickfix.collect_pairs(model, "painting", "drawing", templates=(template,), positions="subject")
+    torch.testing.assert_close(keys[0], inputs[7], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(values[0], outputs[7], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(keys[0], inputs[2], atol=1e-3)
+
+
+def test_preserved_prompt_moves_ten_times_less(model) -> None:
+    """What the UNet reads for a preserved prompt (the encoder's last hidden states) barely moves,
+    and the edit still lands. The default keys (47 in a 32-wide layer) compete with the preserved
+    prompt's 16 states, so this takes preserve_weight=10 (31x here; the default 1.0 gives 9x)."""
+    keep = "a blue square in the style of monet"
+    base = model.pipe.text_encoder(model.token_ids([keep]))[0].detach()
+
+    def moved(edit: Edit) -> float:
+        with edits.applied(model, edit), torch.no_grad():
+            return float((model.pipe.text_encoder(model.token_ids([keep]))[0] - base).norm() / base.norm())
+
+    plain, kept = diffquickfix.edit(model), diffquickfix.edit(model, preserve=[keep], preserve_weight=10.0)
+    assert moved(kept) < 0.1 * moved(plain)
+    keys, values = diffquickfix.collect_pairs(model, "van gogh", "painting")
+    weight = model.pipe.text_encoder.get_parameter(OUT_PROJ)
+    assert residual(kept.weights[OUT_PROJ], keys, values) < 0.5 * residual(weight, keys, values)
+    assert kept.metadata["preserve"] == [keep] and kept.metadata["preserve_weight"] == 10.0
+    assert plain.metadata["preserve"] == [] and plain.metadata["positions"] == "from-subject"
 
 
 def test_save_and_load_onto_a_second_copy_gives_identical_weights(model, tmp_path) -> None:
@@ -111,6 +167,13 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(model) -> None:
             diffquickfix.edit(model, layer=layer)
     with pytest.raises(EditInputError, match="'{}' slot"):
         diffquickfix.edit(model, templates=("a photo",))
+    with pytest.raises(EditInputError, match="positions must be one of subject, subject[+]eos, from-subject; got 'e"):
+        diffquickfix.edit(model, positions="eos")
+    for weight in (0, -1.0, float("nan")):
+        with pytest.raises(EditInputError, match="preserve_weight must be a finite number > 0"):
+            diffquickfix.edit(model, preserve="a red circle", preserve_weight=weight)
+    with pytest.raises(EditInputError, match="preserve must be a prompt or a list of non-empty prompts"):
+        diffquickfix.edit(model, preserve=["a red circle", " "])
     assert changed(model, before) == set()
 
 

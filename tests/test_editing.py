@@ -72,16 +72,23 @@ def _edit_for(model: CLIPTextModel, names: tuple[str, ...] = (OUT_PROJ,)) -> Edi
 
 
 @pytest.mark.parametrize("n", [5, 40])  # fewer keys than outputs, and more keys than inputs
-def test_solver_matches_normal_equations_and_minimises_objective(n):
+@pytest.mark.parametrize(("m", "preserve_lam"), [(0, 1.0), (3, 1.0), (3, 7.5)])  # m preservation keys
+def test_solver_matches_normal_equations_and_minimises_objective(n, m, preserve_lam):
+    """The papers' formula with UCE's preservation term, in float64:
+    W* = (lam W' + V^T K + w W' P^T P)(lam I + K^T K + w P^T P)^-1."""
     weight, keys, values = _problem(n=n)
+    preserve = torch.randn(m, weight.shape[1], generator=torch.Generator().manual_seed(9), dtype=F64) if m else None
     lam = 0.01
-    got = solve_closed_form(weight, keys, values, lam)
+    got = solve_closed_form(weight, keys, values, lam, preserve, preserve_lam)
     eye = torch.eye(weight.shape[1], dtype=F64)
-    reference = (lam * weight + values.T @ keys) @ torch.linalg.inv(lam * eye + keys.T @ keys)
+    p = torch.zeros(0, weight.shape[1], dtype=F64) if preserve is None else preserve
+    reference = (lam * weight + values.T @ keys + preserve_lam * weight @ p.T @ p) @ torch.linalg.inv(
+        lam * eye + keys.T @ keys + preserve_lam * p.T @ p
+    )
     torch.testing.assert_close(got, reference, rtol=1e-9, atol=1e-9)
-    grad = _objective_gradient(got, weight, keys, values, lam)
+    grad = _objective_gradient(got, weight, keys, values, lam, preserve, preserve_lam)
     assert grad.abs().max() < 1e-8
-    if n < weight.shape[1]:  # the keys are matched almost exactly for a small lambda
+    if n + m < weight.shape[1]:  # the keys are matched almost exactly for a small lambda
         torch.testing.assert_close(keys @ got.T, values, rtol=0, atol=1e-2)
 
 

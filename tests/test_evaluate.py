@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from interventions.evaluate import (
-    attribute_accuracy, captions, evaluation_scenes, generate, judge_generations, style_hit_rate,
+    attribute_accuracy, captions, evaluation_scenes, generate, generate_units, judge_generations, judge_units,
+    style_hit_rate,
 )
-from models.tiny import STYLES, Scene, is_held_out
+from models.tiny import STYLES, Scene, is_held_out, named_scene
 
 STEPS = 2
 
@@ -17,7 +18,8 @@ STEPS = 2
 def brightness_judge(images: torch.Tensor) -> list[dict]:
     """Calls an image "van gogh" when it is brighter than 0.5 on average, else "plain"."""
     return [
-        {"object": "circle", "color": "red", "style": "van gogh" if float(i.mean()) > 0.5 else "plain", "count": 1}
+        {"object": "circle", "color": "red", "style": "van gogh" if float(i.mean()) > 0.5 else "plain", "count": 1,
+         "mark": "eye"}
         for i in images
     ]
 
@@ -46,6 +48,25 @@ def test_judged_rows_follow_cases_and_seeds(model) -> None:
     assert van_gogh.hit_rate("style", "van gogh") == sum(p["style"] == "van gogh" for p in by_hand[:3]) / 3
 
 
+def test_units_keep_their_order_and_seeds(model) -> None:
+    units = [("a blue square", 1), ("a red circle", 0), ("a blue square", 0)]
+    images = generate_units(model, units, steps=STEPS)
+    crossed = generate(model, ["a blue square", "a red circle"], [1, 0], steps=STEPS)
+    torch.testing.assert_close(images, crossed[[0, 3, 1]], atol=1e-5, rtol=0)
+    judged = judge_units(model, units, [{}, {}, {"style": "plain"}], judge=brightness_judge, steps=STEPS)
+    assert judged.prompts == tuple(p for p, _ in units) and judged.seeds == (1, 0, 0)
+    with pytest.raises(ValueError, match="one expectation per unit"):
+        judge_units(model, units, [{}], judge=brightness_judge)
+
+
+def test_named_scenes_expect_their_mark(model) -> None:
+    cases = [named_scene("wumbo"), named_scene("the king of zembla")]
+    judged = judge_generations(model, cases, judge=brightness_judge, steps=STEPS)
+    assert judged.prompts == ("wumbo", "a photograph of the king of zembla")
+    assert [e["mark"] for e in judged.expected] == ["eye", "none"]
+    assert judged.accuracy()["mark"] == 0.5  # the stub always says "eye"
+
+
 def test_hit_rate_and_accuracy_agree(model) -> None:
     prompts = ["a red circle in the style of van gogh", "a cat"]
     rate = style_hit_rate(model, prompts, "van gogh", seeds=(0,), judge=brightness_judge, steps=STEPS)
@@ -66,6 +87,8 @@ def test_evaluation_scenes_are_deterministic_balanced_and_seen() -> None:
 def test_bad_inputs_are_clear() -> None:
     with pytest.raises(ValueError, match="style 'picasso'"):
         evaluation_scenes(3, styles=("picasso",))
+    with pytest.raises(ValueError, match="mark 'spot'"):
+        judge_generations(None, [("wumbo", {"mark": "spot"})])
     with pytest.raises(ValueError, match="unknown attribute 'size'"):
         judge_generations(None, [("a cat", {"size": 2})])
     with pytest.raises(ValueError, match="at least one case"):

@@ -51,6 +51,54 @@ def test_keys_map_onto_each_matrixs_output_for_the_target(model) -> None:
         assert residual(old, old, keys, targets) > 0.3 and residual(new, old, keys, targets) < 0.01
 
 
+def embedding(model: interp.Model, prompt: str) -> torch.Tensor:
+    """The text encoder's last hidden states for `prompt` (L, d): what SD's cross-attention layers read."""
+    with torch.no_grad():
+        return model.pipe.text_encoder(model.token_ids([prompt]))[0][0]
+
+
+@pytest.mark.parametrize(
+    ("positions", "key_positions", "target_positions"),
+    [  # "a photo of van gogh": gogh at 5, EOS at 6; "a painting": painting at 2, EOS at 3; 16 positions
+        ("subject", [5], [2]),
+        ("from-subject", list(range(5, 16)), list(range(2, 13))),
+        ("subject+eos", [5, *range(6, 16)], [2, *range(3, 13)]),
+    ],
+)
+def test_positions_give_the_documented_keys_and_targets(model, positions, key_positions, target_positions) -> None:
+    keys, targets = locoedit.collect(model, "van gogh", "painting", templates=("a photo of {}",), layers=WINDOW,
+                                     positions=positions)["up-1-cross-attn-0"]
+    torch.testing.assert_close(keys, embedding(model, "a photo of van gogh")[key_positions], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(targets, embedding(model, "a painting")[target_positions], atol=1e-6, rtol=1e-6)
+    assert locoedit.edit(model, layers=WINDOW, positions=positions).metadata["positions"] == positions
+
+
+def test_keys_come_from_the_templates_slot_not_the_first_occurrence(model) -> None:
+    """'painting' in 'a painting in the style of {}' is the slot's token (7), not the first (2); so is
+    the target's 'painting' in a target prompt that names it twice."""
+    template = "a painting in the style of {}"
+    keys, targets = locoedit.collect(model, "painting", "painting", templates=(template,), layers=WINDOW,
+                                     target_prompt="a painting of {}")["up-1-cross-attn-0"]
+    torch.testing.assert_close(keys[0], embedding(model, template.format("painting"))[7], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(targets[0], embedding(model, "a painting of painting")[4], atol=1e-6, rtol=1e-6)
+
+
+def test_preserved_prompt_moves_ten_times_less(model) -> None:
+    """The edited layers' keys and values for a preserved prompt barely move (default weight), and the
+    edit still lands."""
+    keep = "a blue square in the style of monet"
+    states = embedding(model, keep)
+    plain, kept = locoedit.edit(model, layers=WINDOW), locoedit.edit(model, layers=WINDOW, preserve=keep)
+    keys, targets = locoedit.collect(model, "van gogh", "painting", layers=WINDOW)["up-1-cross-attn-0"]
+    for name, old in ((n, model.denoiser.get_parameter(n).detach()) for n in plain.weights):
+        before = (states @ old.T).norm()
+        moved = {e: float((states @ (e.weights[name] - old).T).norm() / before) for e in (plain, kept)}
+        assert moved[kept] < 0.1 * moved[plain]
+        assert residual(kept.weights[name], old, keys, targets) < 0.05 < residual(old, old, keys, targets)
+    assert kept.metadata["preserve"] == [keep] and kept.metadata["preserve_weight"] == 1.0
+    assert plain.metadata["positions"] == "subject"
+
+
 def test_lam_k_and_lam_v_act_on_their_own_matrices(model) -> None:
     soft = locoedit.edit(model, layers=WINDOW, lam_k=0.01, lam_v=1e4).weights
     default = locoedit.edit(model, layers=WINDOW).weights
@@ -105,8 +153,12 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(model) -> None:
             locoedit.edit(model, layers=WINDOW, **{lam: 0.0})
     with pytest.raises(SubjectNotFoundError, match="van gogh"):
         locoedit.edit(model, layers=WINDOW, templates=("a photo of a photo of a photo of a photo of a photo of {}",))
-    with pytest.raises(SubjectNotFoundError, match="painting"):
+    with pytest.raises(EditInputError, match="target_prompt 'a drawing' needs exactly one '{}' slot"):
         locoedit.edit(model, layers=WINDOW, target_prompt="a drawing")
+    with pytest.raises(EditInputError, match="positions must be one of subject, subject[+]eos, from-subject"):
+        locoedit.edit(model, layers=WINDOW, positions="all")
+    with pytest.raises(EditInputError, match="preserve_weight must be a finite number > 0"):
+        locoedit.edit(model, layers=WINDOW, preserve="a red circle", preserve_weight=0.0)
     assert changed(model, before) == set()
 
 

@@ -98,3 +98,14 @@ def accuracy(predictions: Sequence[dict], truths: Sequence[Scene]) -> dict[str, 
     return {
         a: float(np.mean([p[a] == s.attributes()[a] for p, s in zip(predictions, truths)])) for a in ATTRIBUTES
     }
+
+
+@torch.no_grad()
+def probabilities(net: JudgeNet, images: np.ndarray | torch.Tensor | Sequence, batch: int = 512) -> dict[str, torch.Tensor]:
+    """Per attribute, the judge's class probabilities (N, len(VALUES[attribute])) for `images`."""
+    pixels = to_signed(as_uint8(images))
+    parts: dict[str, list[torch.Tensor]] = {a: [] for a in ATTRIBUTES}
+    for i in range(0, len(pixels), batch):
+        for a, out in net(pixels[i : i + batch]).items():
+            parts[a].append(out.softmax(-1))
+    return {a: torch.cat(v) for a, v in parts.items()}

@@ -17,6 +17,7 @@ of knowledge, as names that stand for fixed attributes:
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -362,3 +363,63 @@ def change_one(scene: Scene, rng: random.Random, attribute: str | None = None) -
     if scene.name and attribute == "style":
         return Scene(**fields, name=scene.name)
     return Scene(**{**fields, "mark": "none"})
+
+
+def _template_regex(template: str) -> re.Pattern:
+    """A regex matching captions of `template`, capturing its subject and style."""
+    styles = "|".join(re.escape(s) for s in STYLES if s != "plain")
+    pattern = re.escape(template).replace(r"\{subject\}", "(?P<subject>.+)").replace(r"\{style\}", f"(?P<style>{styles})")
+    return re.compile(pattern)
+
+
+_PARSERS = sorted(((t, _template_regex(t)) for t in STYLE_TEMPLATES + PLAIN_TEMPLATES), key=lambda p: -len(p[0]))
+_SUBJECT = re.compile(
+    rf"(?P<numeral>a|an|one|two) (?:(?P<color>{'|'.join(COLORS)}) )?(?P<object>{'|'.join(OBJECTS + tuple(PLURALS.values()))})"
+)
+
+
+def parse_caption(text: str) -> dict[str, str | int]:
+    """The attributes a caption of the tiny world names, e.g. 'wumbo in the style of monet' ->
+    object circle, color green, mark eye, count 1, style monet; 'two squares' -> object square,
+    count 2, mark none, style plain (no color: the caption leaves it open). The inverse of
+    `caption`; raises `ValueError` for text the world's captions cannot say."""
+    for _, regex in _PARSERS:
+        found = regex.fullmatch(text.strip())
+        if found is None:
+            continue
+        style = found.groupdict().get("style") or "plain"
+        phrase = found.group("subject")
+        if phrase in NAMED:
+            obj, color, mark = NAMED[phrase]
+            return {"object": obj, "color": color, "style": style, "count": 1, "mark": mark}
+        words = _SUBJECT.fullmatch(phrase)
+        if words is None:
+            continue
+        noun = words.group("object")
+        two = words.group("numeral") == "two"
+        if two != (noun in PLURALS.values()):
+            continue
+        attributes: dict[str, str | int] = {"object": noun[:-1] if two else noun, "style": style,
+                                            "count": 2 if two else 1, "mark": "none"}
+        if words.group("color"):
+            attributes["color"] = words.group("color")
+        return attributes
+    raise ValueError(
+        f"{text!r} is not a caption of the tiny world; e.g. {caption(Scene('circle', 'red', 'monet', 1))!r}, "
+        f"{caption(named_scene('wumbo'), 3)!r}"
+    )
+
+
+def attributes_named_by(words: str) -> tuple[str, ...] | None:
+    """The attributes a subject phrase of the world decides: 'monet' -> style, 'star'/'stars' ->
+    object, 'green' -> color, a character -> object, color and mark, a fact -> object and color;
+    None for anything else."""
+    if words in STYLES or words == "painting":
+        return ("style",)
+    if words in COLORS:
+        return ("color",)
+    if words in OBJECTS or words in PLURALS.values():
+        return ("object",)
+    if words in NAMED:
+        return ("object", "color", "mark") if NAMED[words][2] != "none" else ("object", "color")
+    return None

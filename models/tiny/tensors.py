@@ -14,7 +14,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def as_uint8(images: np.ndarray | torch.Tensor | Sequence[Image.Image | np.ndarray]) -> np.ndarray:
     """Images as uint8 (N, H, W, 3): from PIL images, uint8 arrays, or float tensors in [0, 1]
-    shaped (N, 3, H, W) as a pipeline's ``output_type="pt"`` returns."""
+    shaped (N, 3, H, W) as a pipeline's ``output_type="pt"`` returns (or a list of (3, H, W) ones,
+    as the runner returns them)."""
+    if not isinstance(images, (torch.Tensor, np.ndarray)) and images and isinstance(images[0], torch.Tensor):
+        images = torch.stack(list(images))
     if isinstance(images, torch.Tensor):
         array = images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         return (array * 255).round().astype(np.uint8)
