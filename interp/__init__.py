@@ -4,6 +4,7 @@
 (`Noise`, `Restore`, `Swap`, `Set`, `Add`, `Zero`, `Scale`, `Capture`) and `run` it.
 """
 
+import interp.quiet  # noqa: F401  (first: it keeps diffusers' imports from warning)
 from interp.errors import (
     GraphValidationError, InterpError, MissingRunError, SubjectNotFoundError, TokenRangeError,
     UnknownSiteError, UnsupportedModelError,

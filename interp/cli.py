@@ -18,9 +18,33 @@ OUT_HELP = "folder for the result (JSON + PNG) and its figure (report.html)"
 DEVICE_HELP = "torch device for the model and the CLIP, e.g. cuda"
 
 
+@app.callback()
+def main_options(
+    progress: bool = typer.Option(False, "--progress", help="show progress bars even when stderr is not a "
+                                  "terminal (by default they show only on one)"),
+) -> None:
+    """Options for every command."""
+    if progress:
+        from interp.progress import request
+
+        request()
+
+
+def _progress() -> bool:
+    """Whether this command shows the project's progress bars (`interp.progress.default`)."""
+    from interp.progress import default
+
+    return default()
+
+
 class Target(str, enum.Enum):
     unet = "unet"
     text = "text"
+
+
+class Protocol(str, enum.Enum):
+    paper = "paper"
+    aligned = "aligned"
 
 
 class Method(str, enum.Enum):
@@ -37,11 +61,30 @@ def user_errors(command: Callable) -> Callable:
 
         try:
             return command(*args, **kwargs)
-        except (InterpError, FileNotFoundError, ValueError) as error:
-            typer.echo(f"error: {error}", err=True)
+        except (InterpError, OSError, ValueError) as error:  # OSError: files, folders, hub ids not cached
+            typer.echo(f"error: {_one_line(error)}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _one_line(error: Exception) -> str:
+    """An error's message on one line (library messages often span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _writable(out: Optional[Path]) -> Optional[Path]:
+    """Check an --out folder before any computing (typer callback): a clear error, exit 2."""
+    from interp.errors import ResultFormatError
+    from interp.results import writable_folder
+
+    if out is not None:
+        try:
+            writable_folder(out)
+        except ResultFormatError as error:
+            typer.echo(f"error: --out: {error}", err=True)
+            raise typer.Exit(2) from None
+    return out
 
 
 def _device(name: str):
@@ -54,6 +97,10 @@ def _device(name: str):
         raise ValueError(f"{name!r} is not a torch device; use cpu, cuda, cuda:1, mps, ...") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} is not available: this machine has no CUDA GPU; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} is not available: this machine has no Apple GPU; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {name!r} cannot generate images; use cpu, cuda or mps")
     return device
 
 
@@ -75,16 +122,22 @@ def _load(model: str, device: str = "cpu"):
                 f"the bundled tiny model is not built ({WEIGHTS_DIR} is missing); build it with "
                 f"`python -m models.tiny.train`, or pass --model <folder or hub id>"
             )
-    loaded = interp.load(model)
+    from interp.progress import loading
+
+    with loading(model):
+        loaded = interp.load(model)
     loaded.pipe.to(device)
     return loaded
 
 
 def _scorer(clip: Optional[str], model: str, device: str = "cpu"):
-    """The CLIP-scorer `--clip` names; the tiny model's CLIP by default (with a warning for other models)."""
+    """The CLIP-scorer `--clip` names; on the tiny model without --clip None (the recipes then score with
+    its judge, the ground truth); else the tiny model's CLIP (with a warning for real models)."""
     from interp.scoring import CLIPScore
 
-    if clip is None and model not in ("tiny", "dummy"):
+    if clip is None and model == "tiny":
+        return None
+    if clip is None and model != "dummy":
         typer.echo("warning: scoring with the tiny model's CLIP, which knows only its own words; pass --clip "
                    "(e.g. openai/clip-vit-large-patch14) for real models", err=True)
     return CLIPScore.from_pretrained(clip, device=device)
@@ -126,20 +179,32 @@ def sites(
 def demo(
     model: str = typer.Option("tiny", help=MODEL_HELP),
     out: Path = typer.Option(Path("report.html"), help="the HTML report; its data goes to <name>_data/"),
-    steps: int = typer.Option(25, min=1, help="denoising steps (25: ~2.5 min on one CPU core for the tiny model)"),
-    seeds: int = typer.Option(1, min=1, help="seeds 0 .. n-1 per prompt"),
-    clip: Optional[str] = typer.Option(None, help=CLIP_HELP),
+    steps: int = typer.Option(10, min=1, help="denoising steps"),
+    prompts: int = typer.Option(4, min=1, max=4, help="prompts per attribute (style, object, color)"),
+    seeds: int = typer.Option(2, min=1, help="seeds 0 .. n-1 per prompt"),
+    samples: int = typer.Option(2, min=1, help="noise samples per (prompt, seed) in the traces"),
+    images: int = typer.Option(16, min=1, help="images per group and condition in each edit's evaluation"),
+    clip: Optional[str] = typer.Option(None, help=CLIP_HELP + "; on the tiny model its judge scores unless given"),
     device: str = typer.Option("cpu", help=DEVICE_HELP),
 ) -> None:
-    """The main job: trace style, object and color, localize style, edit it out, write the report."""
-    from viz.demo import build_report, run_demo
+    """The main job: trace style, object and color (both UNet protocols, the text encoder by token
+    role), localize style, remove it with both editors and evaluate them; write the report and its
+    data. The defaults finish in about 3 minutes on a 2-core CPU with the tiny model."""
+    import time
 
+    from interventions.demo import Sizes, run_demo
+    from viz.demo import build_report
+
+    start = time.perf_counter()
+    sizes = Sizes(steps=steps, prompts=prompts, seeds=seeds, samples=samples, images_per_group=images)
     loaded, scorer = _load(model, device), _scorer(clip, model, device)
     data = out.with_name(f"{out.stem}_data")
-    results = run_demo(loaded, scorer, steps, tuple(range(seeds)), _judge(model))
+    results = run_demo(loaded, scorer, sizes, _judge(model), progress=_progress())
     results.save(data)
+    results.seconds["total"] = time.perf_counter() - start  # for the footer: loading, the recipes, the data
+    results.write_index(data)
     build_report(results, model).write(out)
-    typer.echo(f"wrote {out} (data and edit deltas in {data}/)")
+    typer.echo(f"wrote {out} (data and edit deltas in {data}/); the demo took {time.perf_counter() - start:.0f} s")
 
 
 @app.command()
@@ -150,7 +215,8 @@ def report(
     title: str = typer.Option("", help="the model's name in the title"),
 ) -> None:
     """Redraw the demo report from its saved data, without running anything."""
-    from viz.demo import DemoResults, build_report
+    from interventions.demo import DemoResults
+    from viz.demo import build_report
 
     build_report(DemoResults.load(data), title).write(out)
     typer.echo(f"wrote {out}")
@@ -165,18 +231,31 @@ def trace(
     target: Target = typer.Option(Target.unet, help="trace UNet sites or text-encoder (site, token) states"),
     steps: int = typer.Option(25, min=1, help="denoising steps"),
     seeds: int = typer.Option(1, min=1, help="seeds 0 .. n-1"),
+    samples: int = typer.Option(10, min=1, help="noise samples per (prompt, seed): the units are their product"),
+    protocol: Protocol = typer.Option(Protocol.paper, help="UNet traces: 'paper' restores the clean run's "
+                                      "activation; 'aligned' the clean prompt's on the restored run's own latent"),
+    min_effect: Optional[float] = typer.Option(None, help="drop units whose clean - corrupted score is below "
+                                               "this (default: 0.1 for the tiny judge, 0 for CLIP)"),
     clip: Optional[str] = typer.Option(None, help=CLIP_HELP),
-    out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    out: Optional[Path] = typer.Option(None, help=OUT_HELP, callback=_writable),
     device: str = typer.Option("cpu", help=DEVICE_HELP),
 ) -> None:
-    """Causal tracing: corrupt the subject, restore one state at a time, print the indirect effects."""
+    """Causal tracing: corrupt the subject, restore one state at a time, print the indirect effects
+    with 95% intervals over units (prompt x seed x noise sample)."""
     from interventions.causal_trace import trace_text_encoder, trace_unet
     from viz.traces import denoiser_site_map, text_encoder_grid
 
     loaded = _load(model, device)
     loaded.locate(prompt, subject)  # a subject not in the prompt fails before the CLIP loads
-    recipe, figure = (trace_unet, denoiser_site_map) if target is Target.unet else (trace_text_encoder, text_encoder_grid)
-    result = recipe(loaded, prompt, subject, seeds=range(seeds), steps=steps, scorer=_scorer(clip, model, device))
+    options = dict(seeds=range(seeds), steps=steps, samples=samples, min_effect=min_effect,
+                   scorer=_scorer(clip, model, device), progress=_progress())
+    if target is Target.unet:
+        result, figure = trace_unet(loaded, prompt, subject, protocol=protocol.value, **options), denoiser_site_map
+    else:
+        if protocol is not Protocol.paper:
+            raise typer.BadParameter("text-encoder states are computed once per prompt; only --protocol paper applies",
+                                     param_hint="--protocol")
+        result, figure = trace_text_encoder(loaded, prompt, subject, **options), text_encoder_grid
     typer.echo(result.table())
     _save(result, figure(result), out)
 
@@ -206,7 +285,7 @@ def locogen(
     steps: int = typer.Option(25, min=1, help="denoising steps"),
     seeds: int = typer.Option(1, min=1, help="seeds 0 .. n-1 per prompt"),
     clip: Optional[str] = typer.Option(None, help=CLIP_HELP + "; on the tiny model its judge scores unless given"),
-    out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    out: Optional[Path] = typer.Option(None, help=OUT_HELP, callback=_writable),
     device: str = typer.Option("cpu", help=DEVICE_HELP),
 ) -> None:
     """LoCoGen: slide windows of cross-attention layers fed the target prompt; print each window's
@@ -215,9 +294,10 @@ def locogen(
     from viz.locogen import locogen_curve
 
     loaded = _load(model, device)
-    scorer = None if clip is None and model == "tiny" else _scorer(clip, model, device)
+    scorer = _scorer(clip, model, device)
     result = localize(loaded, prompt, target_prompt, window, attribute, mode.value, seeds=range(seeds), steps=steps,
-                      threshold=threshold, judged=judged or None, control_seed=control_seed, scorer=scorer)
+                      threshold=threshold, judged=judged or None, control_seed=control_seed, scorer=scorer,
+                      progress=_progress())
     typer.echo(result.table())
     typer.echo(f"best window: {', '.join(result.best_sites)}")
     _save(result, locogen_curve(result), out)
@@ -243,11 +323,19 @@ def edit(
                                                        "locoedit subject)"),
     preserve: List[str] = typer.Option([], help="a prompt whose states the edit must keep (repeat)"),
     preserve_file: Optional[Path] = typer.Option(None, help="a text file of prompts to preserve, one per line"),
-    preserve_weight: float = typer.Option(1.0, help="weight of keeping the preserved prompts against the edit"),
+    preserve_weight: Optional[float] = typer.Option(None, help="weight of keeping the preserved prompts against "
+                                                    "the edit (default 1; 10 with the tiny model's defaults)"),
+    lora: Optional[Path] = typer.Option(None, help="also export the edit as a diffusers LoRA adapter into this "
+                                                   "folder (pipe.load_lora_weights(folder))"),
 ) -> None:
-    """Compute a closed-form edit mapping the old concept(s) onto the new one; save it, do not apply it."""
-    options = dict(preserve=preserve + _lines(preserve_file), preserve_weight=preserve_weight)
+    """Compute a closed-form edit mapping the old concept(s) onto the new one; save it, do not apply it.
+
+    On the tiny model, without --template / --preserve the world's own phrasings and its neighbouring
+    concepts are used (models/tiny/edit_defaults.py)."""
+    options = dict(preserve=preserve + _lines(preserve_file), preserve_weight=preserve_weight or 1.0)
     options.update({k: v for k, v in (("templates", template), ("positions", positions)) if v})  # else the method's
+    if model == "tiny":
+        options = {**_tiny_edit_defaults(method, old, new, preserve_weight), **{k: v for k, v in options.items() if v}}
     loaded = _load(model)
     if method is Method.diffquickfix:
         if layer:
@@ -260,6 +348,9 @@ def edit(
             raise ValueError("--encoder is for diffquickfix; locoedit edits the denoiser's cross-attention layers")
         from interventions import locoedit
 
+        if not layer and not all(name in loaded.site_map for name in locoedit.STYLE_WINDOW):
+            raise ValueError(f"this model has no {', '.join(locoedit.STYLE_WINDOW)} (the default, SD1.x's style window); "
+                             f"pass --layer (repeat it for the window `interp locogen` finds) or --layer all")
         layers = [int(x) if x.isdigit() else x for x in layer] or None
         layers = "all" if layers == ["all"] else layers
         result = locoedit.edit(loaded, old, new, layers, lam_k=lam, lam_v=lam, **options)
@@ -268,6 +359,21 @@ def edit(
     changed = result.changed_parameters
     typer.echo(f"wrote {save}: {method.value} changes {len(changed)} weight(s) of {result.metadata['component']}: "
                f"{', '.join(changed)}")
+    if lora is not None:
+        from interventions.edits import export_lora
+
+        ranks = export_lora(result, lora)
+        typer.echo(f"wrote the LoRA adapter {lora}/ (rank {max(ranks.values())}; load it with "
+                   f"pipe.load_lora_weights({str(lora)!r}))")
+
+
+def _tiny_edit_defaults(method: Method, old: List[str], new: str, preserve_weight: Optional[float]) -> dict:
+    """The tiny world's key templates, preservation prompts and key positions for this edit."""
+    from models.tiny import edit_defaults
+
+    return dict(templates=edit_defaults.key_templates(old), preserve=edit_defaults.preserved(old, [new]),
+                preserve_weight=preserve_weight or edit_defaults.PRESERVE_WEIGHT,
+                positions=edit_defaults.POSITIONS[method.value])
 
 
 def _lines(path: Optional[Path]) -> list[str]:
@@ -288,19 +394,23 @@ def apply(
     prompt: List[str] = typer.Option([], help="also generate this prompt with the edit (repeat; PNGs in <out>/images)"),
     steps: int = typer.Option(25, min=1, help="denoising steps for --prompt"),
     device: str = typer.Option("cpu", help=DEVICE_HELP),
+    force: bool = typer.Option(False, help="add the edit's change even to weights other than the ones it was "
+                                           "computed from"),
 ) -> None:
     """Apply a saved edit to a model and save the edited pipeline (and optional images)."""
     from PIL import Image
 
     from interp.editing import Edit
+    from interp.progress import loading
     from interp.results import as_uint8
     from interventions import edits
     from interventions.evaluate import generate
 
     if not delta.is_file():
         raise FileNotFoundError(f"{delta} does not exist; write one with `interp edit ... --save {delta}`")
-    loaded = edits.apply(_load(model, device), Edit.load(delta))
-    loaded.pipe.save_pretrained(out)
+    loaded = edits.apply(_load(model, device), Edit.load(delta), force=force)
+    with loading(model):  # the writing bars follow the loading ones
+        loaded.pipe.save_pretrained(out)
     typer.echo(f"wrote the edited pipeline to {out}/")
     if prompt:
         (out / "images").mkdir(exist_ok=True)
@@ -321,7 +431,7 @@ def evaluate(
     controls: bool = typer.Option(True, help="also run the recipe at every layer and at a random one"),
     control_seed: int = typer.Option(0, help="seed of the random-layer control's choice"),
     steps: int = typer.Option(25, min=1, help="denoising steps"),
-    out: Optional[Path] = typer.Option(None, help="folder for the evaluation (result.json)"),
+    out: Optional[Path] = typer.Option(None, help="folder for the evaluation (result.json)", callback=_writable),
     device: str = typer.Option("cpu", help=DEVICE_HELP),
 ) -> None:
     """Evaluate a saved edit with the tiny world's judge: efficacy, generalization and specificity

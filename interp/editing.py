@@ -8,31 +8,38 @@ values V (n x out), it returns the minimiser of
 that is W* = (lam W' + V^T K + preserve_lam W' P^T P)(lam I + K^T K + preserve_lam P^T P)^-1.
 The system is ill-conditioned, so it is solved in float64 with `torch.linalg.solve`, never through
 an explicit inverse, in the equivalent update form W* = W' + (V - K W'^T)^T K A^-1 (A the second
-factor), which solves for min(n, out) columns instead of out. An `Edit` holds the new weights by parameter name; it applies, reverts
-bit-exactly, and saves to a small safetensors file of the changed weights only.
+factor), which solves for min(n, out) columns instead of out.
+
+An `Edit` is a delta: for each matrix, ΔW (low-rank where the update is: rank at most the number of
+keys) and a fingerprint of the base weights it was computed from. It applies by addition (refusing
+another base unless forced), reverts bit-exactly in any order that does not strand a later edit of the
+same weights, saves to a small safetensors file and exports as a diffusers LoRA adapter.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
+import hashlib
 import json
 import math
 import numbers
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from interp.errors import EditInputError, EditMismatchError, EditStateError
 
 FORMAT_KEY = "__interp_edit__"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 1: whole edited matrices, no base fingerprints
+BASE_KEY = "__interp_base__"
 
 
 def _check_matrix(name: str, x: Tensor, columns: int | None, columns_of: str) -> None:
@@ -169,87 +176,206 @@ def _parameter(module: nn.Module, name: str) -> nn.Parameter:
         ) from None
 
 
-@dataclass(eq=False)
-class Edit:
-    """New values for some weight matrices of a module, by dotted parameter name, plus metadata.
+def fingerprint(tensor: Tensor) -> str:
+    """A short hash of a tensor's shape, dtype and bytes: which base weights an edit belongs to."""
+    data = tensor.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{tuple(data.shape)}{data.dtype}".encode())
+    digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
-    Names are relative to the root module given to `apply` (e.g. a text encoder's
-    ``"encoder.layers.0.self_attn.out_proj.weight"`` in transformers 5). `metadata` is
-    JSON-serialisable free-form information: by convention ``method``, ``concepts``, ``lam``.
-    Several edits touching the same weights must be reverted in the reverse order of applying.
+
+@dataclass(frozen=True)
+class Delta:
+    """ΔW of one matrix in float64: `up @ down` (rank r), or dense `up` when low rank saves nothing
+    (`down` None)."""
+
+    up: Tensor
+    down: Tensor | None = None
+
+    @classmethod
+    def between(cls, base: Tensor, edited: Tensor) -> Delta:
+        """The change from `base` to `edited`, truncated to the rank that rises above `edited`'s
+        rounding (a float32 matrix carries eps * ||W||_F of it, which is full rank)."""
+        dense = edited.detach().cpu().double() - base.detach().cpu().double()
+        u, s, vh = torch.linalg.svd(dense, full_matrices=False)
+        noise = torch.finfo(edited.dtype).eps * float(edited.detach().double().norm())
+        rank = int((s > noise).sum())
+        if rank * sum(dense.shape) >= dense.numel():
+            return cls(dense)
+        return cls(u[:, :rank] * s[:rank], vh[:rank])
+
+    @property
+    def rank(self) -> int:
+        return min(self.up.shape) if self.down is None else self.up.shape[1]
+
+    def dense(self) -> Tensor:
+        return self.up if self.down is None else self.up @ self.down
+
+    def onto(self, base: Tensor) -> Tensor:
+        """`base + ΔW`, computed in float64 and rounded once to `base`'s dtype, on its device."""
+        return (base.detach().double() + self.dense().to(base.device)).to(base.dtype)
+
+    def factors(self) -> tuple[Tensor, Tensor]:
+        """(B, A) with B @ A = ΔW, B (out, r), A (r, in): a LoRA's up and down matrices."""
+        if self.down is not None:
+            return self.up, self.down
+        u, s, vh = torch.linalg.svd(self.up, full_matrices=False)
+        return u * s, vh
+
+
+@dataclass(frozen=True)
+class _Applied:
+    """One edit applied to one module: its identity, the weights it wrote and what was there before."""
+
+    identity: str
+    originals: dict[str, Tensor]
+
+
+_APPLIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> [_Applied], in apply order
+
+
+class Edit:
+    """A change to some weight matrices of a module, by dotted parameter name, plus metadata.
+
+    Built from the edited matrices and the `base` matrices they were computed from (the editors
+    pass both); the edit keeps ΔW (`deltas`) and the base's fingerprints. An edit built without a
+    base takes the weights of the module it is first applied to as its base. Names are relative to
+    the root module given to `apply` (e.g. a text encoder's ``"encoder.layers.0.self_attn.out_proj.weight"``).
+    `metadata` is JSON-serialisable free-form information: by convention ``method``, ``concepts``, ``lam``.
+    Two edits are the same edit when their deltas and bases are equal, however they were loaded.
     """
 
-    weights: dict[str, Tensor]
-    metadata: dict[str, Any] = field(default_factory=dict)
-    _originals: weakref.WeakKeyDictionary = field(
-        default_factory=weakref.WeakKeyDictionary, init=False, repr=False
-    )
+    def __init__(self, weights: Mapping[str, Tensor], metadata: Mapping[str, Any] | None = None,
+                 base: Mapping[str, Tensor] | None = None):
+        _check_matrices(weights)
+        self.metadata = dict(metadata or {})
+        self._weights = dict(weights)
+        self.deltas: dict[str, Delta] = {}
+        self.fingerprints: dict[str, str | None] = {}
+        if base is not None:
+            self._bind(base)
 
-    def __post_init__(self) -> None:
-        self.weights = dict(self.weights)
-        if not self.weights:
-            raise EditInputError("an Edit needs at least one weight; got an empty mapping")
-        for name, tensor in self.weights.items():
-            if not isinstance(tensor, Tensor) or tensor.ndim != 2:
-                shape = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
-                raise EditInputError(
-                    f"edits change weight matrices only; {name!r} is {shape}, not a 2-D tensor"
-                )
+    @classmethod
+    def of_deltas(cls, deltas: Mapping[str, Delta], fingerprints: Mapping[str, str | None],
+                  metadata: Mapping[str, Any] | None = None) -> Edit:
+        """An edit from its deltas and base fingerprints (None: any base, as for an imported LoRA)."""
+        _check_matrices({n: d.dense() for n, d in deltas.items()})
+        edit = cls.__new__(cls)
+        edit.metadata, edit._weights = dict(metadata or {}), {}
+        edit.deltas, edit.fingerprints = dict(deltas), {n: fingerprints.get(n) for n in deltas}
+        return edit
+
+    def _bind(self, base: Mapping[str, Tensor]) -> None:
+        """Record ΔW against `base`; the edited weights become base + ΔW (equal to float32 precision)."""
+        for name, new in self._weights.items():
+            if name not in base or base[name].shape != new.shape:
+                raise EditInputError(f"the base has no {tuple(new.shape)} matrix {name!r} to compute the edit from")
+        self.deltas = {n: Delta.between(base[n], new) for n, new in self._weights.items()}
+        self.fingerprints = {n: fingerprint(base[n]) for n in self._weights}
+        self._weights = {n: self.deltas[n].onto(base[n]) for n in self._weights}
+
+    @property
+    def weights(self) -> dict[str, Tensor]:
+        """The edited matrices on the base this edit was built or last applied on."""
+        if not self._weights:
+            raise EditStateError("this edit holds deltas only; apply it to a module first to see its weights")
+        return self._weights
 
     @property
     def changed_parameters(self) -> tuple[str, ...]:
         """The dotted names of the parameters this edit writes, in order."""
-        return tuple(self.weights)
+        return tuple(self.deltas or self._weights)
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        """The rank of each matrix's ΔW."""
+        return {n: d.rank for n, d in self.deltas.items()}
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """A hash of the deltas and base fingerprints: equal for two loads of one file."""
+        digest = hashlib.sha256()
+        for name in sorted(self.deltas):
+            digest.update(f"{name}:{self.fingerprints[name]}:".encode())
+            digest.update(fingerprint(self.deltas[name].dense()).encode())
+        return digest.hexdigest()[:16]
 
     def is_applied(self, module: nn.Module) -> bool:
-        """Whether this edit is currently applied to `module` (and so can be reverted there)."""
-        return module in self._originals
+        """Whether this edit (or an identical one) is currently applied to `module`."""
+        return bool(self.deltas) and any(a.identity == self.identity for a in _APPLIED.get(module, ()))
 
     def check(self, module: nn.Module) -> None:
         """Raise `EditMismatchError` unless every name exists in `module` with the same shape and dtype."""
-        for name, new in self.weights.items():
+        for name, delta in (self.deltas or self._weights).items():
             param = _parameter(module, name)
-            if param.shape != new.shape:
+            shape = tuple((delta.dense() if isinstance(delta, Delta) else delta).shape)
+            if tuple(param.shape) != shape:
                 raise EditMismatchError(
                     f"{name!r} has shape {tuple(param.shape)} in {type(module).__name__} but the edit "
-                    f"holds {tuple(new.shape)}; this edit was made for a model of another size"
+                    f"holds {shape}; this edit was made for a model of another size"
                 )
-            if param.dtype != new.dtype:
+            if name in self._weights and param.dtype != self._weights[name].dtype:
+                new = self._weights[name].dtype
                 raise EditMismatchError(
-                    f"{name!r} is {param.dtype} in the module but {new.dtype} in the edit; load the "
-                    f"model in {new.dtype} or convert the edit's weights with .to({param.dtype})"
+                    f"{name!r} is {param.dtype} in the module but {new} in the edit; load the "
+                    f"model in {new} or convert the edit's weights with .to({param.dtype})"
                 )
 
-    def apply(self, module: nn.Module) -> nn.Module:
-        """Write the new weights into `module` in place, remembering the originals for `revert`.
+    def _check_base(self, module: nn.Module, force: bool) -> None:
+        """Raise `EditMismatchError` where `module`'s weights are not the ones the edit was computed from."""
+        differ = [n for n, f in self.fingerprints.items() if f is not None and fingerprint(module.get_parameter(n)) != f]
+        if differ and not force:
+            raise EditMismatchError(
+                f"{', '.join(differ)} differ from the weights this edit was computed from (another model, or one "
+                f"already edited); pass force=True (interp apply --force) to add the edit's change to them anyway"
+            )
 
-        Everything is checked before anything is written, so a failed apply leaves `module` as it was.
+    def apply(self, module: nn.Module, force: bool = False) -> nn.Module:
+        """Add ΔW to `module`'s weights in place, remembering the originals for `revert`.
+
+        All-or-nothing: everything is checked and every new weight computed before any is written.
         """
-        if self.is_applied(module):
+        if self.deltas and self.is_applied(module):
             raise EditStateError("this edit is already applied to this module; revert it first")
         self.check(module)
-        originals = {}
+        if not self.deltas:
+            self._bind({n: module.get_parameter(n) for n in self._weights})
+        self._check_base(module, force)
         with torch.no_grad():
-            for name, new in self.weights.items():
-                param = module.get_parameter(name)
-                originals[name] = param.detach().clone()
-                param.copy_(new)
-        self._originals[module] = originals
+            params = {n: module.get_parameter(n) for n in self.deltas}
+            originals = {n: p.detach().clone() for n, p in params.items()}
+            new = {n: self.deltas[n].onto(p) for n, p in params.items()}
+            for name, param in params.items():
+                param.copy_(new[name])
+        _APPLIED.setdefault(module, []).append(_Applied(self.identity, originals))
+        self._weights = new
         return module
 
     def revert(self, module: nn.Module) -> nn.Module:
-        """Restore the weights `apply` replaced in `module`, bit for bit."""
-        originals = self._originals.pop(module, None)
-        if originals is None:
+        """Restore the weights `apply` replaced in `module`, bit for bit.
+
+        Refused while an edit applied later changes the same weights (revert that one first)."""
+        stack = _APPLIED.get(module, [])
+        index = next((i for i, a in enumerate(stack) if self.deltas and a.identity == self.identity), None)
+        if index is None:
             raise EditStateError("this edit is not applied to this module; nothing to revert")
+        later = [a for a in stack[index + 1:] if a.originals.keys() & stack[index].originals.keys()]
+        if later:
+            raise EditStateError(
+                f"edit {later[-1].identity} was applied after this one and changes the same weights; revert it first"
+            )
         with torch.no_grad():
-            for name, old in originals.items():
+            for name, old in stack.pop(index).originals.items():
                 module.get_parameter(name).copy_(old)
         return module
 
     def save(self, path: str | Path) -> Path:
-        """Save the changed weights and metadata to a safetensors file; returns the path."""
-        strings = {FORMAT_KEY: FORMAT_VERSION}
+        """Save ΔW (low-rank factors or dense, float64), base fingerprints and metadata to a
+        safetensors file; returns the path."""
+        if not self.deltas:
+            raise EditStateError("this edit does not know the weights it was computed from; build it with "
+                                 "Edit(weights, base=...) or apply it once before saving")
+        strings = {FORMAT_KEY: FORMAT_VERSION, BASE_KEY: json.dumps(self.fingerprints)}
         for key, value in self.metadata.items():
             try:
                 strings[key] = json.dumps(value)
@@ -258,20 +384,54 @@ class Edit:
                     f"metadata {key!r} is not JSON-serialisable ({exc}); store plain numbers, "
                     f"strings, lists or dicts"
                 ) from None
-        tensors = {name: t.detach().cpu().contiguous().clone() for name, t in self.weights.items()}
+        tensors = {}
+        for name, delta in self.deltas.items():
+            parts = {"delta": delta.up} if delta.down is None else {"up": delta.up, "down": delta.down}
+            tensors.update({f"{name}::{k}": t.contiguous() for k, t in parts.items()})
         path = Path(path)
         save_file(tensors, str(path), metadata=strings)
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> Edit:
-        """Read an edit written by `save` (weights on CPU)."""
-        with safe_open(str(path), framework="pt") as f:
-            strings = dict(f.metadata() or {})
-            if strings.pop(FORMAT_KEY, None) != FORMAT_VERSION:
-                raise EditInputError(
-                    f"{path} is not an interp edit file (no {FORMAT_KEY!r} = {FORMAT_VERSION!r} "
-                    f"metadata); write edits with Edit.save"
-                )
-            weights = {name: f.get_tensor(name) for name in f.keys()}
-        return cls(weights, {key: json.loads(value) for key, value in strings.items()})
+    def load(cls, path: str | Path, base: nn.Module | None = None) -> Edit:
+        """Read an edit written by `save`. A format-1 file (whole edited matrices, from before edits
+        were deltas) is migrated against `base`, the unedited module it was computed on."""
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                strings = dict(f.metadata() or {})
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+        except (SafetensorError, OSError) as error:
+            raise EditInputError(f"{path} is not a readable edit file ({error}); write edits with Edit.save") from None
+        version = strings.pop(FORMAT_KEY, None)
+        if version == "1":
+            return _migrate(path, tensors, strings, base)
+        if version != FORMAT_VERSION:
+            raise EditInputError(
+                f"{path} is not an interp edit file (no {FORMAT_KEY!r} = {FORMAT_VERSION!r} "
+                f"metadata); write edits with Edit.save"
+            )
+        fingerprints = json.loads(strings.pop(BASE_KEY))
+        deltas = {n: Delta(tensors.get(f"{n}::delta", tensors.get(f"{n}::up")), tensors.get(f"{n}::down"))
+                  for n in fingerprints}
+        return cls.of_deltas(deltas, fingerprints, {key: json.loads(value) for key, value in strings.items()})
+
+
+def _migrate(path: str | Path, weights: dict[str, Tensor], strings: dict[str, str], base: nn.Module | None) -> Edit:
+    """A format-1 edit (whole edited matrices) as a delta against `base`."""
+    if base is None:
+        raise EditInputError(
+            f"{path} is an edit file from before edits were deltas (format 1: whole matrices, no record of their "
+            f"base); load it with Edit.load(path, base=<the unedited module>) and save it again, or recompute it"
+        )
+    metadata = {key: json.loads(value) for key, value in strings.items()}
+    return Edit(weights, metadata, base={n: _parameter(base, n) for n in weights})
+
+
+def _check_matrices(weights: Mapping[str, Tensor]) -> None:
+    """Raise `EditInputError` unless `weights` is a non-empty mapping of 2-D tensors."""
+    if not weights:
+        raise EditInputError("an Edit needs at least one weight; got an empty mapping")
+    for name, tensor in weights.items():
+        if not isinstance(tensor, Tensor) or tensor.ndim != 2:
+            shape = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
+            raise EditInputError(f"edits change weight matrices only; {name!r} is {shape}, not a 2-D tensor")

@@ -61,3 +61,7 @@ class ResultFormatError(InterpError, ValueError):
 
 class WindowSizeError(InterpError, ValueError):
     """A LoCoGen window of fewer than one layer or more layers than the model's cross-attention has."""
+
+
+class UnsupportedSchedulerError(InterpError, RuntimeError):
+    """A scheduler whose denoiser calls per step interp does not know, so per-step operations could miss calls."""

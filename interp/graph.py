@@ -19,6 +19,20 @@ from interp.sites import Site
 
 Branch = Literal["both", "cond", "uncond"]
 BRANCHES = ("both", "cond", "uncond")
+PRK_STEPS = 3  # PNDM's Runge-Kutta warm-up steps (four denoiser calls each)
+
+
+def runge_kutta(scheduler: object) -> bool:
+    """Whether `scheduler` is PNDM with Runge-Kutta warm-up steps (`skip_prk_steps=False`)."""
+    from diffusers import PNDMScheduler
+
+    return isinstance(scheduler, PNDMScheduler) and not scheduler.config.skip_prk_steps
+
+
+def _finite(where: str, what: str, value: object) -> None:
+    """Raise unless `value` (a number or tensor) holds only finite numbers."""
+    if not bool(torch.isfinite(torch.as_tensor(value, dtype=torch.float64)).all()):
+        raise GraphValidationError(f"{where}: {what} must be finite, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +53,10 @@ class Op:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, tuple(int(v) for v in value))
+                if not getattr(self, name):
+                    raise GraphValidationError(
+                        f"{type(self).__name__} at {self.site}: {name}=() selects nothing; pass None for all {name}"
+                    )
         if self.branch not in BRANCHES:
             raise GraphValidationError(f"branch {self.branch!r} is not one of {BRANCHES}")
 
@@ -225,11 +243,31 @@ class Graph:
                         f"run {run.name!r} restores from {source!r} but they differ in guidance, steps "
                         "or size; a source must share its target's denoising loop"
                     )
-            if run.steps < 1:
-                raise GraphValidationError(f"run {run.name!r} has steps={run.steps}; use at least 1")
+            _validate_run(model, run)
             for op in run.ops:
                 _validate_op(model, run, op)
         self.check_cycles(model)
+
+
+def _validate_run(model: Model, run: Run) -> None:
+    """Raise for a run's own fields: steps, guidance, size."""
+    least = PRK_STEPS + 1 if runge_kutta(model.pipe.scheduler) else 1
+    if run.steps < least:
+        raise GraphValidationError(f"run {run.name!r} has steps={run.steps}; {type(model.pipe.scheduler).__name__} "
+                                   f"needs at least {least}")
+    _finite(f"run {run.name!r}", "guidance_scale", run.guidance_scale)
+    for name in ("height", "width"):
+        size = getattr(run, name)
+        if size is not None and size <= 0:
+            raise GraphValidationError(f"run {run.name!r} has {name}={size}; pass a positive size or None "
+                                       "for the model's default")
+
+
+def _validate_values(where: str, op: Operation) -> None:
+    """Raise for non-finite values, factors or noise of an operation."""
+    for name in ("value", "factor", "std"):
+        if hasattr(op, name):
+            _finite(where, name, getattr(op, name))
 
 
 def _validate_op(model: Model, run: Run, op: Operation) -> None:
@@ -252,6 +290,8 @@ def _validate_op(model: Model, run: Run, op: Operation) -> None:
                 )
         return
     site = sites[0]
+    where = f"{where} at {site.name}"
+    _validate_values(where, op)
     _validate_positions(model, where, site, op)
     if site.is_text and op.steps is not None:
         raise GraphValidationError(

@@ -9,7 +9,12 @@ loading are shared, so a sweep can stop and resume from disk.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +36,47 @@ def as_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
         return image
     pixels = (torch.as_tensor(image).detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     return pixels.permute(1, 2, 0).cpu().numpy()
+
+
+def writable_folder(folder: str | Path, marker: str = "result.json") -> Path:
+    """`folder` as an absolute path that output can be written to (replacing an existing folder only
+    if it holds `marker`, i.e. is an earlier output), or `ResultFormatError` naming what is in the
+    way. Call it before computing, so a bad path costs nothing."""
+    path = Path(folder).resolve()
+    if path == Path.cwd() or path in Path.cwd().parents:
+        raise ResultFormatError(f"{folder} is the current folder or above it; write output into a new folder")
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+        raise ResultFormatError(f"{folder} exists and is not an earlier output (it has no {marker}); choose a new "
+                                f"folder, so nothing of yours is replaced")
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise ResultFormatError(f"{part} is a file, so {folder} cannot be a folder; choose another path")
+        if part.exists():
+            if not os.access(part, os.W_OK | os.X_OK):
+                raise ResultFormatError(f"{part} is not writable; choose another path for {folder}")
+            break
+    return path
+
+
+@contextmanager
+def atomic_folder(folder: str | Path, marker: str = "result.json") -> Iterator[Path]:
+    """Yield a fresh temporary folder next to `folder`; on success it replaces `folder` by renames, on
+    failure it is removed. Readers see the old folder, no folder (between the two renames), or the
+    new one: never a half-written or mixed folder. An existing `folder` must be an earlier output
+    (hold `marker`; `writable_folder`)."""
+    target = writable_folder(folder, marker)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield temporary
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    old = target.with_name(f"{temporary.name}.old")
+    if target.exists():
+        target.rename(old)
+    temporary.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def unit_mean(values: np.ndarray) -> np.ndarray:
@@ -106,9 +152,14 @@ class ScoreGrid:
 
     # disk -----------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
-        """Write `result.json` and `images/NNNNN.png` under `folder` (created if missing)."""
-        folder = Path(folder)
-        (folder / "images").mkdir(parents=True, exist_ok=True)
+        """Write `result.json` and `images/NNNNN.png` as `folder`, atomically (`atomic_folder`): a
+        folder there before is replaced whole."""
+        with atomic_folder(folder) as temporary:
+            self._write(temporary)
+        return Path(folder)
+
+    def _write(self, folder: Path) -> None:
+        (folder / "images").mkdir()
         names = list(self.images)
         for index, name in enumerate(names):
             Image.fromarray(self.images[name]).save(folder / "images" / f"{index:05d}.png")
@@ -123,7 +174,6 @@ class ScoreGrid:
             "images": names,
         }
         (folder / "result.json").write_text(json.dumps(document, indent=1))
-        return folder
 
     @classmethod
     def load(cls: type[G], folder: str | Path) -> G:

@@ -12,6 +12,7 @@ at each denoising step, the denoiser's hook points sorted by their place in a fo
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -22,7 +23,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from interp.budget import runs_per_chunk
-from interp.graph import Add, Capture, Graph, Noise, Operation, Restore, Run, Scale, Set, Swap, Zero
+from interp.errors import GraphValidationError, UnsupportedSchedulerError
+from interp.graph import (
+    PRK_STEPS, Add, Capture, Graph, Noise, Operation, Restore, Run, Scale, Set, Swap, Zero, runge_kutta,
+)
 from interp.model import Model
 from interp.sites import Site
 
@@ -34,12 +38,15 @@ _PRIORITY = {Noise: 0, Set: 0, Add: 0, Zero: 0, Scale: 0, Restore: 1, Capture: 2
 class GraphResult:
     """Images (3 x H x W floats in [0, 1]) and captured activations, keyed by run name.
 
-    `captures[run][key]` stacks one tensor per traced call: (steps, rows, ...) for denoiser sites
+    `captures[run][key]` stacks one tensor per traced call: (calls, rows, ...) for denoiser sites
     (rows = the branches the capture asked for), (1, 1, tokens, ...) for text sites.
+    `calls[run][key]` names each denoiser capture's (step, call within the step): schedulers such as
+    Heun, KDPM2 or PNDM with Runge-Kutta steps call the denoiser several times per step.
     """
 
     images: dict[str, torch.Tensor] = field(default_factory=dict)
     captures: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    calls: dict[str, dict[str, list[tuple[int, int]]]] = field(default_factory=dict)
 
     def pil(self, run: str) -> Image.Image:
         array = (self.images[run].clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8)
@@ -76,6 +83,21 @@ class _HookPoint:
         return [a for a in self.actions if a.op.steps is None or step in a.op.steps]
 
 
+def call_steps(scheduler: Any, steps: int) -> list[int]:
+    """The denoising step of each denoiser call a `steps`-step generation makes, in call order.
+
+    Most schedulers call the denoiser once per step. Second-order ones (Heun, KDPM2, KDPM2
+    ancestral, flow-matching Heun: those with `state_in_first_order`) call it twice per step and
+    once in the last; PNDM with Runge-Kutta steps (`skip_prk_steps=False`) four times in each of
+    its first three steps.
+    """
+    if hasattr(scheduler, "state_in_first_order"):
+        return [call // 2 for call in range(2 * steps - 1)]
+    if runge_kutta(scheduler):
+        return [call // 4 for call in range(4 * PRK_STEPS)] + list(range(PRK_STEPS, steps))
+    return list(range(steps))
+
+
 def run(
     model: Model,
     graph: Graph,
@@ -89,7 +111,9 @@ def run(
     fit `memory_budget_gb` by `interp.budget`'s estimate.
     """
     if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise GraphValidationError(f"chunk_size must be >= 1, got {chunk_size}")
+    if not memory_budget_gb > 0:  # also NaN
+        raise GraphValidationError(f"memory_budget_gb must be > 0, got {memory_budget_gb}; it sizes the batches")
     graph.validate(model)
 
     def limit(first: Run) -> int:
@@ -101,11 +125,12 @@ def run(
     result = GraphResult()
     chunks = list(plan_chunks(graph, limit))
     for chunk in tqdm(chunks, desc="chunks", disable=not progress or len(chunks) < 2):
-        images, captures = _run_chunk(model, graph, chunk, progress)
+        images, captures, calls = _run_chunk(model, graph, chunk, progress)
         for name, image in zip(chunk, images):
             result.images.setdefault(name, image)
         for name, keyed in captures.items():
             result.captures.setdefault(name, keyed)
+            result.calls.setdefault(name, calls[name])
     return result
 
 
@@ -194,7 +219,7 @@ def _noise(op: Noise, like: torch.Tensor) -> torch.Tensor:
     return (op.std * noise).to(like.device, like.dtype)
 
 
-def _apply(action: _Action, out: torch.Tensor, captures: dict[str, dict[str, list[torch.Tensor]]]) -> None:
+def _apply(action: _Action, out: torch.Tensor, captures: _Captures) -> None:
     """Carry out one row-level operation on a module output, in place."""
     op = action.op
     index = _index(action.rows, op.tokens)
@@ -212,10 +237,10 @@ def _apply(action: _Action, out: torch.Tensor, captures: dict[str, dict[str, lis
     elif isinstance(op, Scale):
         out[index] = out[index] * op.factor
     elif isinstance(op, Capture):
-        captures[action.run].setdefault(op.key or op.site, []).append(out[index].detach().to("cpu").clone())
+        captures.keep(action.run, op.key or op.site, out[index].detach().to("cpu").clone())
 
 
-def _visit(envoy: Any, hook: _HookPoint, actions: list[_Action], captures: dict) -> None:
+def _visit(envoy: Any, hook: _HookPoint, actions: list[_Action], captures: _Captures) -> None:
     """Read the hook point once and apply its actions (inputs are replaced, outputs edited in place)."""
     if hook.io == "input":
         value = envoy.input.clone()
@@ -252,13 +277,56 @@ class _Pipeline(torch.nn.Module):
         return pipe(**adapter.encode(pipe, input_ids), **call_kwargs).images
 
 
-def _uninstrument(root: torch.nn.Module) -> None:
-    """Remove nnsight's per-module controllers, so nothing of a run stays on the model."""
-    for module in root.modules():
-        module.__dict__.pop("__nnsight__", None)
-        forward = module.__dict__.get("forward")
-        if forward is not None and type(forward).__module__.startswith("nnsight"):
-            del module.__dict__["forward"]
+_INSTANCE_SLOTS = ("forward", "__nnsight__")  # what nnsight writes into a module's __dict__
+_ABSENT = object()
+
+
+@dataclass
+class _Captures:
+    """Captured tensors by run and key, each tagged with the (step, call) of the denoiser call
+    being traced (text sites: (0, 0), they run once)."""
+
+    where: tuple[int, int] = (0, 0)
+    tensors: dict[str, dict[str, list[torch.Tensor]]] = field(default_factory=lambda: defaultdict(dict))
+    calls: dict[str, dict[str, list[tuple[int, int]]]] = field(default_factory=lambda: defaultdict(dict))
+
+    def keep(self, run_: str, key: str, tensor: torch.Tensor) -> None:
+        self.tensors[run_].setdefault(key, []).append(tensor)
+        self.calls[run_].setdefault(key, []).append(self.where)
+
+
+@contextmanager
+def _instrumented(root: torch.nn.Module) -> Iterator[None]:
+    """Put every module's instance `forward` (a user's patch, accelerate's offload hook) and
+    nnsight state back exactly as they were, so a run leaves nothing behind, even when it fails."""
+    saved = [(m, {k: m.__dict__.get(k, _ABSENT) for k in _INSTANCE_SLOTS}) for m in root.modules()]
+    try:
+        yield
+    finally:
+        for module, slots in saved:
+            for key, value in slots.items():
+                if value is _ABSENT:
+                    module.__dict__.pop(key, None)
+                else:
+                    module.__dict__[key] = value
+
+
+def _traced_calls(model: Model, first: Run, step_hooks: list[_HookPoint]) -> list[tuple[int, int, int]]:
+    """(call index, step, call within the step) of each denoiser call the step hooks act on."""
+    steps = call_steps(model.pipe.scheduler, first.steps)
+    wanted = {s for h in step_hooks for a in h.actions for s in (a.op.steps or range(first.steps))}
+    return [(call, step, call - steps.index(step)) for call, step in enumerate(steps) if step in wanted]
+
+
+def _check_calls(model: Model, first: Run) -> None:
+    """Raise if the pipeline called the denoiser another number of times than `call_steps` said."""
+    made, expected = len(model.pipe.scheduler.timesteps), len(call_steps(model.pipe.scheduler, first.steps))
+    if made != expected:
+        raise UnsupportedSchedulerError(
+            f"{type(model.pipe.scheduler).__name__} called the denoiser {made} times for {first.steps} steps, not "
+            f"the {expected} interp expected, so per-step operations could miss calls; use a scheduler that "
+            f"interp.runner.call_steps knows (DDIM, Euler, DPM-Solver, UniPC, Heun, KDPM2, PNDM)"
+        )
 
 
 def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool) -> tuple[torch.Tensor, dict]:
@@ -285,29 +353,32 @@ def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool) -> 
     hooks = _hook_points(model, graph, chunk, contexts)
     text_hooks = [h for h in hooks if h.component != adapter.denoiser]
     step_hooks = [h for h in hooks if h.component == adapter.denoiser]
-    steps = sorted({s for h in step_hooks for a in h.actions for s in (a.op.steps or range(first.steps))})
-    captures: dict[str, dict[str, list[torch.Tensor]]] = defaultdict(dict)
+    traced_calls = _traced_calls(model, first, step_hooks)
+    where = {call: (step, within) for call, step, within in traced_calls}
+    captures = _Captures()
 
     root = _Pipeline(model)
     bar_config = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=not progress, leave=False, desc=f"{len(chunk)} runs")
     try:
-        traced = NNsight(root)
-        with torch.no_grad(), traced.trace(input_ids, call_kwargs) as tracer:
-            for hook in text_hooks:
-                _visit(_envoy(traced, hook.component, hook.path), hook, hook.actions, captures)
-            if steps:
-                for step in tracer.iter[steps]:
-                    for hook in step_hooks:
-                        actions = hook.active(step)
-                        if actions:
-                            _visit(_envoy(traced, hook.component, hook.path), hook, actions, captures)
-            images = nnsight.save(traced.output)
+        with _instrumented(root):
+            traced = NNsight(root)
+            with torch.no_grad(), traced.trace(input_ids, call_kwargs) as tracer:
+                for hook in text_hooks:
+                    _visit(_envoy(traced, hook.component, hook.path), hook, hook.actions, captures)
+                if where:
+                    for call in tracer.iter[list(where)]:
+                        captures.where = where[call]
+                        for hook in step_hooks:
+                            actions = hook.active(where[call][0])
+                            if actions:
+                                _visit(_envoy(traced, hook.component, hook.path), hook, actions, captures)
+                images = nnsight.save(traced.output)
     finally:
-        _uninstrument(root)
         pipe._progress_bar_config = bar_config
-    stacked = {run_: {k: torch.stack(v) for k, v in keyed.items()} for run_, keyed in captures.items()}
-    return adapter.postprocess(images.cpu()), stacked
+    _check_calls(model, first)
+    stacked = {run_: {k: torch.stack(v) for k, v in keyed.items()} for run_, keyed in captures.tensors.items()}
+    return adapter.postprocess(images.cpu()), stacked, dict(captures.calls)
 
 
 def _size(model: Model, run_: Run) -> tuple[int, int]:

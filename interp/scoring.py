@@ -25,6 +25,7 @@ from transformers import AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
 from transformers.utils import cached_file
 
 from interp.errors import BundledModelMissingError, ScoringInputError
+from interp.progress import loading
 
 # OpenAI CLIP's normalisation, used when a checkpoint ships no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -148,8 +149,9 @@ class CLIPScore:
     ) -> CLIPScore:
         """Load a CLIP model and tokenizer from a hub id or folder; `None` is the bundled tiny CLIP."""
         path = _bundled_clip_dir() if path is None else str(path)
-        model = CLIPModel.from_pretrained(path).to(device=device, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        with loading(path):  # no loading bars for a local folder
+            model = CLIPModel.from_pretrained(path).to(device=device, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(path)
         mean, std = _normalisation(path)
         return cls(model, tokenizer, mean, std, batch_size)
 

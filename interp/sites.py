@@ -234,8 +234,9 @@ def latent_site(component: str, events: dict[str, Event]) -> Site:
 
 
 def meta_twin(module: torch.nn.Module) -> torch.nn.Module:
-    """A weightless copy of `module` on the meta device, built from its config."""
-    if next(module.parameters()).device.type == "meta":
+    """A weightless copy of `module` on the meta device, built from its config (also for a module
+    that accelerate offloaded: its meta weights come with hooks that fetch the real ones)."""
+    if next(module.parameters()).device.type == "meta" and not hasattr(module, "_hf_hook"):
         return module
     with torch.device("meta"):
         if hasattr(module, "from_config"):  # diffusers

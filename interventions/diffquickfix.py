@@ -81,7 +81,7 @@ def edit(
         "concepts": [list(p) for p in pairs(old, new)], "templates": list(templates), "positions": positions,
         "preserve": preserved, "preserve_weight": preserve_weight,
     }
-    return Edit({name: solve_closed_form(weight, keys, values, lam, kept, preserve_weight)}, metadata)
+    return Edit({name: solve_closed_form(weight, keys, values, lam, kept, preserve_weight)}, metadata, base={name: weight})
 
 
 def out_proj(model: Model, layer: int, encoder: str | None = None) -> tuple[str, str]:

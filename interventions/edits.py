@@ -5,6 +5,8 @@ Convention: an `Edit`'s parameter names are relative to the one pipeline compone
 denoiser, ``"up_blocks.1.attentions.1.transformer_blocks.0.attn2.to_k.weight"``), and
 ``edit.metadata["component"]`` names that component (``"text_encoder"``, ``"unet"``). So a saved
 edit loads onto any copy of the same architecture, and `Edit.apply(component_module)` works too.
+An edit also travels as a diffusers LoRA adapter (`export_lora`, `import_lora`), keyed
+``"<component>.<module path>.lora_A/B.weight"`` as `pipe.load_lora_weights` reads it.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from interp.editing import PRESERVE_ROLE, Edit, _check_positive
-from interp.errors import EditInputError, EditMismatchError
+from interp.editing import PRESERVE_ROLE, Delta, Edit, _check_positive
+from interp.errors import EditInputError, EditMismatchError, EditStateError
 from interp.model import Model, template_prefix
 
 
@@ -32,9 +36,10 @@ def component(model: Model, edit: Edit) -> nn.Module:
     return components[name]
 
 
-def apply(model: Model, edit: Edit) -> Model:
-    """Write `edit` into `model` in place (checked first: a mismatch leaves the model untouched)."""
-    edit.apply(component(model, edit))
+def apply(model: Model, edit: Edit, force: bool = False) -> Model:
+    """Write `edit` into `model` in place (checked first: a mismatch leaves the model untouched);
+    `force` adds its change to weights other than the ones it was computed from."""
+    edit.apply(component(model, edit), force=force)
     return model
 
 
@@ -42,6 +47,46 @@ def revert(model: Model, edit: Edit) -> Model:
     """Undo `apply`, bit for bit."""
     edit.revert(component(model, edit))
     return model
+
+
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the name `load_lora_weights(folder)` looks for
+
+
+def export_lora(edit: Edit, folder: str | Path) -> dict[str, int]:
+    """Write `edit` as a diffusers LoRA adapter (alpha = rank, so scale 1) into `folder`, for
+    `pipe.load_lora_weights(folder)`; it reproduces the edited weights to float32 precision.
+    Returns each changed matrix's rank."""
+    if not edit.deltas:
+        raise EditStateError("this edit does not know the weights it was computed from; apply it once or build "
+                             "it with Edit(weights, base=...) before exporting")
+    prefix, state = edit.metadata.get("component"), {}
+    for name, delta in edit.deltas.items():
+        if not name.endswith(".weight"):
+            raise EditInputError(f"{name!r} is not a module's weight; a LoRA adapter changes `<module>.weight` only")
+        up, down = delta.factors()
+        module = f"{prefix}.{name.removesuffix('.weight')}"
+        state[f"{module}.lora_A.weight"] = down.float().contiguous()
+        state[f"{module}.lora_B.weight"] = up.float().contiguous()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(folder / LORA_FILE))
+    return {name: delta.rank for name, delta in edit.deltas.items()}
+
+
+def import_lora(folder: str | Path, component_name: str) -> Edit:
+    """The change a LoRA adapter written by `export_lora` (or any scale-1 diffusers/peft LoRA) makes to
+    `component_name`, as an edit that applies to any base (an adapter records none)."""
+    path = Path(folder) / LORA_FILE if Path(folder).is_dir() else Path(folder)
+    state = load_file(str(path))
+    prefix, deltas = f"{component_name}.", {}
+    for key in state:
+        if key.startswith(prefix) and key.endswith(".lora_A.weight"):
+            module = key[len(prefix):-len(".lora_A.weight")]
+            deltas[f"{module}.weight"] = Delta(state[f"{prefix}{module}.lora_B.weight"].double(), state[key].double())
+    if not deltas:
+        raise EditInputError(f"{path} changes nothing in {component_name!r}; its keys start with "
+                             f"{sorted({k.split('.')[0] for k in state})}")
+    return Edit.of_deltas(deltas, {}, {"method": "lora", "component": component_name})
 
 
 @contextmanager

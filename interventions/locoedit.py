@@ -86,18 +86,20 @@ def edit(
     collected = collect(model, old, new, templates, target_prompt, names, positions)
     kept = collect_preserved(model, preserved, names) if preserved else {}
     weights: dict[str, Tensor] = {}
+    base: dict[str, Tensor] = {}
     problems = {name: (*collected[name], kept.get(name)) for name in names}
     for group, (keys, targets, preserve_keys) in _shared(sites, problems):
         k_weights, v_weights = ({name: model.denoiser.get_parameter(name) for name in _weight_names(group, i)}
                                 for i in (0, 1))  # to_k, to_v
         weights.update(solve(k_weights, v_weights, keys, targets, lam_k, lam_v, preserve_keys, preserve_weight))
+        base.update({**k_weights, **v_weights})
     metadata = {
         "method": "locoedit", "component": model.adapter.denoiser, "layers": names,
         "lam_k": lam_k, "lam_v": lam_v, "concepts": [list(p) for p in pairs(old, new)],
         "templates": list(templates), "target_prompt": target_prompt, "positions": positions,
         "preserve": preserved, "preserve_weight": preserve_weight,
     }
-    return Edit(weights, metadata)
+    return Edit(weights, metadata, base=base)
 
 
 def _weight_names(sites: list[Site], which: int) -> list[str]:

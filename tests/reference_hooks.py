@@ -7,9 +7,10 @@ same batch through `pipe(...)` by hand and compare pixels with the runner's outp
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
+from diffusers import PNDMScheduler
 
 import interp
 
@@ -72,3 +73,41 @@ def generate(model: interp.Model, prompts: list[str], seeds: list[int], steps: i
     with torch.no_grad():
         return model.pipe(prompts, generator=model.generators(seeds), num_inference_steps=steps, guidance_scale=guidance,
                           output_type="pt").images
+
+
+def _continues_step(scheduler: Any) -> bool:
+    """Whether the next denoiser call belongs to the step already begun, from the scheduler's own
+    state: the correction call of a second-order scheduler (Heun, KDPM2), or calls 2-4 of a
+    Runge-Kutta step of PNDM (four calls per step for its first twelve calls)."""
+    if hasattr(scheduler, "state_in_first_order"):
+        return not scheduler.state_in_first_order
+    if isinstance(scheduler, PNDMScheduler) and not scheduler.config.skip_prk_steps:
+        return scheduler.counter < 12 and scheduler.counter % 4 != 0
+    return False
+
+
+@contextmanager
+def counting_steps(model: interp.Model) -> Iterator[Callable[[], int]]:
+    """Yield a function giving the current denoising step during generation, counted by a denoiser
+    pre-hook from the scheduler's own state (independent of the runner's call map)."""
+    scheduler, current = model.pipe.scheduler, [-1]
+
+    def pre(_m, _args):
+        if not _continues_step(scheduler):
+            current[0] += 1
+
+    handle = model.denoiser.register_forward_pre_hook(pre)
+    try:
+        yield lambda: current[0]
+    finally:
+        handle.remove()
+
+
+def at_steps(step: Callable[[], int], steps: set[int], edit: Callable[[torch.Tensor], None]) -> Callable[[torch.Tensor], None]:
+    """`edit` on every denoiser call of the given steps only (`step` from `counting_steps`)."""
+
+    def maybe(out: torch.Tensor) -> None:
+        if step() in steps:
+            edit(out)
+
+    return maybe

@@ -46,30 +46,53 @@ def test_missing_model_folder_exit_2(tmp_path):
     assert_user_error(invoke("sites", "--model", tmp_path), "model_index.json")
 
 
-@pytest.fixture(scope="module")
+DEMO_SIZES = ("--steps", 1, "--prompts", 2, "--seeds", 1, "--samples", 1, "--images", 2)
+
+
+@pytest.fixture(scope="session")
 def demo_report(tmp_path_factory, clip_folder) -> Path:
+    """`interp demo` on the dummy model at the smallest sizes, a stub judge standing in for the tiny
+    world's (so the edit evaluation runs too)."""
     out = tmp_path_factory.mktemp("demo") / "report.html"
-    result = invoke("demo", "--model", "dummy", "--steps", 1, "--clip", clip_folder, "--out", out)
+    reading = {"object": "circle", "color": "red", "style": "van gogh", "count": 1, "mark": "none"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("interp.cli._judge", lambda model: lambda images: [reading] * len(images))
+        result = invoke("demo", "--model", "dummy", *DEMO_SIZES, "--clip", clip_folder, "--out", out)
     assert result.exit_code == 0, result.output
+    assert "the demo took" in result.output
     return out
 
 
 def test_demo_writes_report_data_and_deltas(demo_report):
     data = demo_report.parent / "report_data"
     assert demo_report.stat().st_size > 1_000_000  # plotly.js is inlined
-    assert (data / "trace-unet-style" / "result.json").is_file() and (data / "locogen-style" / "result.json").is_file()
+    for part in ("trace-unet-style-paper", "trace-unet-color-aligned", "trace-text-object", "locogen-style",
+                 "evaluation-DiffQuickFix", "evaluation-LoCoEdit"):
+        assert (data / part / "result.json").is_file(), part
     assert (data / "DiffQuickFix.safetensors").is_file() and (data / "LoCoEdit.safetensors").is_file()
+
+
+def test_demo_report_states_sizes_protocols_scorer_verdict_and_time(demo_report):
+    page = demo_report.read_text()
+    for words in ("2 prompts x 1 seeds x 1 noise samples (2 units)", "UNet trace (aligned)", "clip-score",
+                  "units kept / dropped", "text-self-attn-0 at the last subject token", "2 images x 3 groups x 4 "
+                  "conditions", "random layer", "<footer>interp demo took"):
+        assert words in page, words
+
+
+def test_demo_sizes_out_of_range_exit_2(tmp_path):
+    result = invoke("demo", "--model", "dummy", "--prompts", 5, "--out", tmp_path / "r.html")
+    assert result.exit_code == 2 and "Traceback" not in result.output
 
 
 def test_demo_missing_model_folder_exit_2(tmp_path):
     assert_user_error(invoke("demo", "--model", tmp_path / "nowhere", "--out", tmp_path / "r.html"), "nowhere")
 
 
-def test_report_redraws_from_data(demo_report, tmp_path):
+def test_report_redraws_the_same_page_from_data(demo_report, tmp_path):
     result = invoke("report", demo_report.parent / "report_data", "--out", tmp_path / "again.html", "--title", "dummy")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "again.html").read_text().count('class="plotly-graph-div"') == demo_report.read_text().count(
-        'class="plotly-graph-div"')
+    assert (tmp_path / "again.html").read_text() == demo_report.read_text()
 
 
 def test_report_without_data_exit_2(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from interp.editing import Edit, solve_closed_form, solve_shared_keys
+from interp.editing import Delta, Edit, fingerprint, solve_closed_form, solve_shared_keys
 from interp.errors import EditInputError, EditMismatchError, EditStateError, InterpError
 
 F64 = torch.float64
@@ -58,14 +58,14 @@ def _changed(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> set[st
 
 
 def _edit_for(model: CLIPTextModel, names: tuple[str, ...] = (OUT_PROJ,)) -> Edit:
-    weights = {}
+    weights, base = {}, {}
     for i, name in enumerate(names):
         w = model.get_parameter(name)
         g = torch.Generator().manual_seed(i)
         keys = torch.randn(3, w.shape[1], generator=g)
         values = torch.randn(3, w.shape[0], generator=g)
-        weights[name] = solve_closed_form(w, keys, values, lam=0.01)
-    return Edit(weights, {"method": "test", "concepts": ["van gogh"], "lam": 0.01})
+        weights[name], base[name] = solve_closed_form(w, keys, values, lam=0.01), w
+    return Edit(weights, {"method": "test", "concepts": ["van gogh"], "lam": 0.01}, base=base)
 
 
 # --- solver ---------------------------------------------------------------------------------------
@@ -272,7 +272,131 @@ def test_edit_rejects_non_matrices_and_bad_files(tmp_path):
     with pytest.raises(EditInputError, match="at least one weight"):
         Edit({})
     with pytest.raises(EditInputError, match="JSON"):
-        Edit({OUT_PROJ: torch.zeros(2, 2)}, {"lam": torch.tensor(1.0)}).save(tmp_path / "x.safetensors")
+        Edit({OUT_PROJ: torch.ones(2, 2)}, {"lam": torch.tensor(1.0)}, base={OUT_PROJ: torch.zeros(2, 2)}).save(
+            tmp_path / "x.safetensors")
     save_file({"w": torch.zeros(2, 2)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(EditInputError, match="not an interp edit file"):
         Edit.load(tmp_path / "plain.safetensors")
+
+
+# --- edits as fingerprinted deltas -------------------------------------------------------------------
+
+
+def test_saved_edit_is_a_low_rank_delta_with_base_fingerprints(tmp_path):
+    model = _text_model()
+    edit = _edit_for(model, (OUT_PROJ, V_PROJ))
+    assert edit.ranks == {OUT_PROJ: 3, V_PROJ: 3}  # three keys each
+    path = edit.save(tmp_path / "edit.safetensors")
+    loaded = Edit.load(path)
+    assert loaded.fingerprints == {n: fingerprint(model.get_parameter(n)) for n in (OUT_PROJ, V_PROJ)}
+    assert path.stat().st_size < 0.5 * sum(t.numel() * t.element_size() for t in edit.weights.values())
+    twin = copy.deepcopy(model)
+    loaded.apply(twin)
+    assert all(torch.equal(twin.get_parameter(n), edit.weights[n]) for n in (OUT_PROJ, V_PROJ))  # bit-exact
+
+
+def test_other_base_is_refused_and_force_adds_the_delta(tmp_path):
+    model = _text_model()
+    edit = Edit.load(_edit_for(model).save(tmp_path / "e.safetensors"))
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.get_parameter(OUT_PROJ).add_(0.01)
+    before = _snapshot(other)
+    with pytest.raises(EditMismatchError, match="force"):
+        edit.apply(other)
+    assert _changed(other, before) == set()
+    edit.apply(other, force=True)
+    added = other.get_parameter(OUT_PROJ).double() - before[OUT_PROJ].double()
+    assert torch.allclose(added, edit.deltas[OUT_PROJ].dense(), atol=1e-7)
+    assert _changed(edit.revert(other), before) == set()
+
+
+def test_two_loads_of_one_file_are_one_edit(tmp_path):
+    model = _text_model()
+    before = _snapshot(model)
+    path = _edit_for(model).save(tmp_path / "e.safetensors")
+    first, second = Edit.load(path), Edit.load(path)
+    first.apply(model)
+    assert second.is_applied(model)
+    with pytest.raises(EditStateError, match="already applied"):
+        second.apply(model)
+    second.revert(model)
+    assert _changed(model, before) == set()
+
+
+def test_revert_in_any_order_or_a_clear_refusal():
+    model = _text_model()
+    before = _snapshot(model)
+    out_proj, v_proj = _edit_for(model), _edit_for(model, (V_PROJ,))
+    out_proj.apply(model), v_proj.apply(model)
+    out_proj.revert(model), v_proj.revert(model)  # disjoint weights: any order
+    assert _changed(model, before) == set()
+    stacked = Edit({OUT_PROJ: model.get_parameter(OUT_PROJ) + 1}, base={OUT_PROJ: model.get_parameter(OUT_PROJ)})
+    out_proj.apply(model)
+    stacked.apply(model, force=True)
+    with pytest.raises(EditStateError, match="revert it first"):
+        out_proj.revert(model)
+    stacked.revert(model), out_proj.revert(model)
+    assert _changed(model, before) == set()
+
+
+def test_apply_is_all_or_nothing(monkeypatch):
+    model = _text_model()
+    before = _snapshot(model)
+    edit = _edit_for(model, (OUT_PROJ, V_PROJ))
+    onto, calls = Delta.onto, []
+
+    def out_of_memory(self, base):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("simulated")
+        return onto(self, base)
+
+    monkeypatch.setattr(Delta, "onto", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        edit.apply(model)
+    assert _changed(model, before) == set() and not edit.is_applied(model)
+
+
+def test_old_and_garbage_files_give_clear_errors(tmp_path):
+    model = _text_model()
+    edit = _edit_for(model)
+    save_file({OUT_PROJ: edit.weights[OUT_PROJ]}, str(tmp_path / "v1.safetensors"),
+              metadata={"__interp_edit__": "1", "method": '"test"'})
+    with pytest.raises(EditInputError, match="before edits were deltas"):
+        Edit.load(tmp_path / "v1.safetensors")
+    migrated = Edit.load(tmp_path / "v1.safetensors", base=model)
+    assert migrated.fingerprints == edit.fingerprints and migrated.metadata == {"method": "test"}
+    good = edit.save(tmp_path / "good.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(good[: len(good) // 2])
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00garbage" * 10)
+    for name in ("cut", "junk"):
+        with pytest.raises(EditInputError, match="not a readable edit file"):
+            Edit.load(tmp_path / f"{name}.safetensors")
+
+
+def test_lora_export_loads_in_diffusers(tmp_path):
+    import interp
+    from interventions.edits import export_lora, import_lora
+    from models.testing import dummy_sd_pipeline
+    from tests.conftest import PROMPT
+    from tests.reference_hooks import generate
+
+    model = interp.load(dummy_sd_pipeline())
+    name = f"{model.site('cross-attn-0').kv_paths[0]}.weight"
+    weight = model.denoiser.get_parameter(name)
+    g = torch.Generator().manual_seed(0)
+    solved = solve_closed_form(weight, torch.randn(3, weight.shape[1], generator=g),
+                               torch.randn(3, weight.shape[0], generator=g), lam=0.01)
+    edit = Edit({name: solved}, {"component": "unet"}, base={name: weight})
+    assert export_lora(edit, tmp_path / "lora") == {name: 3}
+    imported = import_lora(tmp_path / "lora", "unet")
+    assert torch.allclose(imported.deltas[name].dense(), edit.deltas[name].dense(), atol=1e-7)
+    edit.apply(model.denoiser)
+    expected = generate(model, [PROMPT], [0], 3)
+    edit.revert(model.denoiser)
+    model.pipe.load_lora_weights(str(tmp_path / "lora"))
+    assert (generate(model, [PROMPT], [0], 3) - expected).abs().max() <= 1e-4
+    model.pipe.fuse_lora()
+    fused = model.pipe.unet.get_submodule(name.removesuffix(".weight")).base_layer.weight
+    assert ((fused - edit.weights[name]).norm() / edit.weights[name].norm()) <= 1e-6

@@ -6,23 +6,18 @@ import pytest
 from typer.testing import CliRunner
 
 from interp.cli import app
-from tests.test_cli import clip_folder  # noqa: F401 - the random CLIP fixture
+from tests.test_cli import clip_folder, demo_report  # noqa: F401 - the random CLIP and the dummy demo's report
 from viz import Report
 from viz.browser import find_chromium, inspect_report
 
 pytestmark = pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed (apt-get install chromium)")
-FIGURES = 9  # per attribute a UNet map and a text grid, the trace images, LoCoGen, the edit images
+# per attribute: the UNet maps (both protocols), their largest effects, the text grid and its largest
+# effects; then the trace images, LoCoGen and the edit evaluation
+FIGURES = 3 * 4 + 3
 
 
-def rendered_demo(tmp_path, *options: str):
-    out = tmp_path / "report.html"
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), *options])
-    assert result.exit_code == 0, result.output
-    return inspect_report(out)
-
-
-def test_demo_report_renders_every_figure_without_errors(tmp_path, clip_folder):  # noqa: F811
-    check = rendered_demo(tmp_path, "--model", "dummy", "--steps", "1", "--clip", clip_folder)
+def test_demo_report_renders_every_figure_without_errors(demo_report):  # noqa: F811
+    check = inspect_report(demo_report)
     assert check.errors == []
     assert len(check.figures) == FIGURES
     for figure in check.figures:
@@ -32,7 +27,10 @@ def test_demo_report_renders_every_figure_without_errors(tmp_path, clip_folder):
 
 @pytest.mark.slow
 def test_tiny_demo_report_renders(tmp_path):
-    assert rendered_demo(tmp_path, "--model", "tiny").ok
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["demo", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert inspect_report(out).ok
 
 
 def test_probe_sees_empty_figures_and_console_errors(tmp_path):

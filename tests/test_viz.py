@@ -6,14 +6,18 @@ import pytest
 from plotly.offline import get_plotlyjs
 
 from interventions.causal_trace import TraceResult
+from interventions.demo import causal_state_verdict
+from interventions.edit_eval import Concept, EditEvaluation, Row
 from interventions.locogen import LocalizeResult
+from interp.stats import wilson
 from tests.random_clip import random_clip_scorer
 from viz import (
-    Report, compare_edits, denoiser_site_map, dit_layout, edit_images, image_grid, locogen_curve, text_encoder_grid,
-    trace_images, unet_layout,
+    Report, compare_edits, denoiser_site_map, denoiser_site_maps, dit_layout, edit_evaluation, edit_images,
+    evaluation_table, ie_bars, image_grid, locogen_curve, text_encoder_grid, trace_images, unet_layout,
 )
 from viz.comparison import EditComparison
 from viz.style import IE_COLORSCALE
+from viz.traces import interval_labels
 
 DUMMY_UNET = ["down-0-resnet-0", "down-0-self-attn-0", "down-0-cross-attn-0", "down-0-ff-0", "down-1-resnet-0",
               "mid-resnet-0", "mid-self-attn", "mid-cross-attn", "mid-ff", "mid-resnet-1", "up-0-resnet-0",
@@ -30,13 +34,18 @@ def image(value: int) -> np.ndarray:
     return np.full((8, 8, 3), value, dtype=np.uint8)
 
 
-def unet_result(sites=DUMMY_UNET) -> TraceResult:
-    restored = 0.5 + 0.01 * np.arange(len(sites))[None]
+def unet_result(sites=DUMMY_UNET, units: int = 1, protocol: str = "paper", shift: float = 0.0) -> TraceResult:
+    """A UNet trace of `units` units (the last one dropped when there are three or more)."""
+    spread = np.linspace(-0.02, 0.02, units)[:, None]
+    restored = 0.5 + shift + 0.01 * np.arange(len(sites))[None] + spread
     images = {"u0/clean": image(200), "u0/n0/corrupted": image(20),
               **{f"u0/n0/{s}/0": image(100) for s in sites}}
-    unit = {"prompt": PROMPT, "subject": "van gogh", "seed": 0, "positions": [3, 4], "tokens": []}
-    return TraceResult(("site",), {"site": list(sites)}, {"clean": [0.9], "corrupted": [0.5], "restored": restored},
-                       [unit], {"steps": 2, "noise": 3.0}, images)
+    records = [{"prompt": PROMPT, "subject": "van gogh", "seed": u, "positions": [3, 4], "tokens": [], "sample": 0,
+                "dropped": units > 2 and u == units - 1} for u in range(units)]
+    return TraceResult(("site",), {"site": list(sites)},
+                       {"clean": [0.9] * units, "corrupted": [0.5] * units, "restored": restored}, records,
+                       {"steps": 2, "noise": 3.0, "samples": 1, "scorer": "judge P(style)", "protocol": protocol},
+                       images)
 
 
 def text_result() -> TraceResult:
@@ -191,3 +200,101 @@ def test_report_is_self_contained_with_plotly_inlined_once(tmp_path):
     assert inlined == 1 and not external
     body = page.split("</head>", 1)[1]
     assert body.count('class="plotly-graph-div"') == 2 and "Title &lt;&amp;&gt;" in body and "0.123" in body
+
+
+def test_interval_labels_give_mean_interval_and_n_of_kept_units():
+    result = unet_result(units=4)  # 3 kept, 1 dropped
+    mean, low, high, n = result.ie_interval()
+    labels = interval_labels(result)
+    assert labels[0] == f"IE {mean[0]:+.4f} [{low[0]:+.4f}, {high[0]:+.4f}] n=3" and low[0] < mean[0] < high[0]
+    assert "no unit" in interval_labels(text_result_with_gap())[0, 2]
+
+
+def text_result_with_gap() -> TraceResult:
+    result = text_result()
+    result.scores["restored"][0, :, 2] = np.nan  # a token role the prompt has no token for
+    return result
+
+
+def test_denoiser_site_maps_side_by_side_share_one_scale_and_hover_intervals():
+    paper, aligned = unet_result(units=4), unet_result(units=4, protocol="aligned", shift=-0.3)
+    figure = denoiser_site_maps({"paper": paper, "aligned": aligned})
+    assert [t.name for t in figure.data] == ["paper", "aligned"] and {t.coloraxis for t in figure.data} == {"coloraxis"}
+    assert [a.text for a in figure.layout.annotations] == ["paper: 3 units kept, 1 dropped",
+                                                           "aligned: 3 units kept, 1 dropped"]
+    axis = figure.layout.coloraxis
+    assert axis.cmax == pytest.approx(max(np.abs(paper.ie).max(), np.abs(aligned.ie).max()))
+    hover = np.array(figure.data[1].customdata)
+    assert hover[2, 0] == interval_labels(aligned)[DUMMY_UNET.index("down-0-cross-attn-0")]
+    assert len(figure.layout.shapes) == 8  # each panel marks where its blocks begin
+    with pytest.raises(ValueError, match="same sites"):
+        denoiser_site_maps({"paper": paper, "pixart": unet_result(PIXART_SITES)})
+
+
+def test_ie_bars_draw_the_top_cells_with_their_intervals():
+    paper, aligned = unet_result(units=4), unet_result(units=4, protocol="aligned", shift=-0.3)
+    figure = ie_bars({"paper": paper, "aligned": aligned}, top=3)
+    bars = figure.data
+    assert [b.name for b in bars] == ["paper", "aligned"] and list(bars[0].y) == ["up-1-ff-0", "up-1-cross-attn-0",
+                                                                                "up-1-self-attn-0"]
+    mean, low, high, n = aligned.ie_interval()
+    i = DUMMY_UNET.index("up-1-ff-0")
+    assert bars[1].x[0] == pytest.approx(mean[i]) and bars[1].error_x.array[0] == pytest.approx(high[i] - mean[i])
+    assert bars[1].error_x.arrayminus[0] == pytest.approx(mean[i] - low[i]) and bars[1].customdata[0][2] == n[i] == 3
+    text = ie_bars({"style": text_result()}, top=2)
+    assert list(text.data[0].y) == ["text-hidden-1 · 5:EOS", "text-hidden-1 · 4:gogh"]
+
+
+def verdict_result(effects: dict[tuple[str, str], list[float]]) -> TraceResult:
+    """A text trace by token role whose IE per (site, role) is given per unit."""
+    sites = sorted({s for s, _ in effects})
+    roles = ["first subject", "last subject"]
+    restored = np.full((3, len(sites), len(roles)), 0.5)
+    for (site, role), values in effects.items():
+        restored[:, sites.index(site), roles.index(role)] = 0.5 + np.array(values)
+    units = [{"prompt": PROMPT, "subject": "van gogh", "seed": u, "sample": 0} for u in range(3)]
+    return TraceResult(("site", "token"), {"site": sites, "token": roles},
+                       {"clean": [1.0] * 3, "corrupted": [0.5] * 3, "restored": restored}, units, {"samples": 1})
+
+
+def test_causal_state_verdict_says_what_the_numbers_say():
+    state = ("text-self-attn-0", "last subject")
+    holds = verdict_result({state: [0.40, 0.42, 0.44], ("text-mlp-0", "last subject"): [0.0, 0.01, 0.02]})
+    assert causal_state_verdict(holds).startswith("Holds: text-self-attn-0 at the last subject token has the largest")
+    close = verdict_result({state: [0.40, 0.42, 0.44], ("text-mlp-0", "last subject"): [0.30, 0.40, 0.41]})
+    assert causal_state_verdict(close).startswith("Not established:") and "text-mlp-0 at the last subject" in \
+        causal_state_verdict(close)
+    beaten = verdict_result({state: [0.1, 0.1, 0.1], ("text-mlp-0", "first subject"): [0.5, 0.5, 0.5]})
+    assert causal_state_verdict(beaten).startswith("Does not hold: the largest indirect effect is text-mlp-0 at "
+                                                   "the first subject token") and "ranks 2 of 4" in \
+        causal_state_verdict(beaten)
+    assert "not traced" in causal_state_verdict(text_result())  # positions, not roles
+
+
+def evaluation(conditions=("unedited", "edited", "all layers", "random layer")) -> EditEvaluation:
+    counts = {"unedited": (15, 16), "edited": (2, 16), "all layers": (0, 16), "random layer": (14, 16)}
+    rows = [Row("van gogh", group, "style = van gogh", {c: counts[c] for c in conditions})
+            for group in ("efficacy", "generalization")]
+    rows.append(Row("van gogh", "specificity", "color", {c: (16, 16) for c in conditions}))
+    return EditEvaluation({"method": "diffquickfix", "concepts": [["van gogh", "painting"]]},
+                          [Concept("van gogh", "painting", "style")], list(conditions), rows, {}, [], [],
+                          {"images_per_group": 16}, {})
+
+
+def test_edit_evaluation_table_and_bars_carry_wilson_intervals():
+    header, rows = evaluation_table(evaluation())
+    assert header == ["group: measure", "unedited", "edited", "all layers", "random layer"]
+    assert rows[0][:3] == ["efficacy: style = van gogh", wilson(15, 16).percent(), wilson(2, 16).percent()]
+    figure = edit_evaluation({"DiffQuickFix": evaluation(), "LoCoEdit": evaluation(("unedited", "edited"))})
+    edited = [t for t in figure.data if t.name == "edited"]
+    assert len(figure.data) == 6 and len(edited) == 2 and sum(t.showlegend for t in edited) == 1
+    found = wilson(2, 16)
+    assert edited[0].y[0] == pytest.approx(found.value)
+    assert edited[0].error_y.array[0] == pytest.approx(found.high - found.value)
+    assert edited[0].error_y.arrayminus[0] == pytest.approx(found.value - found.low)
+    assert list(edited[0].customdata[0][2:]) == [2, 16]
+
+
+def test_report_footer_is_the_last_line(tmp_path):
+    page = Report("t", footer="took 12 s").text("body").write(tmp_path / "r.html").read_text()
+    assert page.index("body") < page.index("<footer>took 12 s</footer>") < page.index("</body>")

@@ -1,188 +1,177 @@
-"""The main job: trace, localize and edit one model, save every result as data, write the report.
+"""The demo's report page, drawn from `interventions.demo.DemoResults` alone (live or loaded from
+disk), so `interp report <data folder>` redraws it without running anything.
 
-`run_demo` runs the recipes (both causal traces for one prompt per attribute, LoCoGen for style,
-DiffQuickFix and LoCoEdit removing one style, judged before/after); `DemoResults.save` writes the
-results as JSON + PNG and the edits as safetensors deltas, so `build_report(DemoResults.load(folder))`
-redraws the report without re-running anything.
+Every number on the page carries its 95% interval and n; the page states what was run (prompts x
+seeds x noise samples per part, units kept and dropped, the protocol, the scorer) and, in its
+footer, how long the demo took on the machine that ran it.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
-from tqdm.auto import tqdm
 
-from interp.editing import Edit
-from interp.errors import ResultFormatError
-from interp.model import Model
-from interp.scoring import CLIPScore
-from interventions import diffquickfix, locoedit
-from interventions.causal_trace import TraceResult, trace_text_encoder, trace_unet
-from interventions.locogen import LocalizeResult, localize
-from viz.comparison import EditComparison, Judge, compare_edits
-from viz.images import edit_images, trace_images
+from interp.stats import interval
+from interventions.causal_trace import TraceResult
+from interventions.demo import CAUSAL_STATE, NEW, OLD, TARGET, TEXT_KINDS, DemoResults, causal_state_verdict
+from interventions.locogen import LocalizeResult
+from viz.evaluation import edit_evaluation, evaluation_table
+from viz.images import trace_images
 from viz.locogen import locogen_curve
 from viz.report import Report
-from viz.traces import denoiser_site_map, text_encoder_grid, token_label
-
-# (prompt, subject) per attribute, in words both the tiny model and the dummy test pipeline know.
-PROMPTS = {
-    "style": ("a red circle in the style of van gogh", "van gogh"),
-    "object": ("a green star in the style of monet", "star"),
-    "color": ("a blue square", "blue"),
-}
-STYLE_PROMPTS = ("a red circle in the style of van gogh", "a blue square in the style of van gogh")
-OLD, NEW, TARGET = "van gogh", "painting", "a painting"
-# LoCoGen scores each window's images against the attribute text, as the paper does ("style of van
-# gogh"); in the tiny world's phrasing. Scoring against the whole prompt also rewards windows that
-# break the object or color and keep the style.
-STYLE_ATTRIBUTE = "in the style of van gogh"
-# DiffQuickFix's key templates, in words the tiny model knows (the papers' "a photo of {}" is not one of
-# them, and its keys on unknown words spill the edit onto every prompt). LoCoEdit keeps the paper's:
-# on the tiny model they remove more van gogh (25% left against 75%, 4 prompts x 2 seeds).
-EDIT_TEMPLATES = ("{}", "in the style of {}", "a painting by {}", "a {} painting")
-COMPARISON = {
-    "a red circle in the style of van gogh": "edited", "a blue square in the style of van gogh": "edited",
-    "a red circle in the style of monet": "neighbour", "a green star": "neighbour",
-}
-INDEX = "demo.json"
+from viz.traces import denoiser_site_maps, ie_bars, text_encoder_grid, token_label
 
 
-@dataclass
-class DemoResults:
-    """Everything the report shows: traces per attribute, LoCoGen for style, the edit comparison."""
-
-    unet: dict[str, TraceResult]
-    text: dict[str, TraceResult]
-    locogen: dict[str, LocalizeResult]
-    edits: EditComparison
-    deltas: dict[str, Edit]  # name -> the edit compared in `edits`
-
-    def save(self, folder: str | Path) -> Path:
-        """Every result under `folder` (JSON + PNG), with `demo.json` listing the attributes in order."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / INDEX).write_text(json.dumps({"attributes": list(self.unet), "localized": list(self.locogen)}))
-        for attribute in self.unet:
-            self.unet[attribute].save(folder / f"trace-unet-{attribute}")
-            self.text[attribute].save(folder / f"trace-text-{attribute}")
-        for attribute, result in self.locogen.items():
-            result.save(folder / f"locogen-{attribute}")
-        self.edits.save(folder / "edits")
-        for name, edit in self.deltas.items():
-            edit.save(folder / f"{name}.safetensors")
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | Path) -> DemoResults:
-        """Read what `save` wrote; raises `ResultFormatError` if `folder` holds no demo results."""
-        folder = Path(folder)
-        if not (folder / INDEX).is_file():
-            raise ResultFormatError(f"{folder / INDEX} does not exist; pass the data folder `interp demo` wrote")
-        index = json.loads((folder / INDEX).read_text())
-        comparison = EditComparison.load(folder / "edits")
-        return cls(
-            {a: TraceResult.load(folder / f"trace-unet-{a}") for a in index["attributes"]},
-            {a: TraceResult.load(folder / f"trace-text-{a}") for a in index["attributes"]},
-            {a: LocalizeResult.load(folder / f"locogen-{a}") for a in index["localized"]},
-            comparison,
-            {name: Edit.load(folder / f"{name}.safetensors") for name in comparison.edits[1:]},
-        )
+def design(result: TraceResult) -> str:
+    """What a trace ran: '4 prompts x 2 seeds x 2 noise samples (16 units)'."""
+    count = lambda key: len({u[key] for u in result.units})  # noqa: E731
+    return (f"{count('prompt')} prompts x {count('seed')} seeds x {result.settings['samples']} noise samples "
+            f"({len(result.units)} units)")
 
 
-def run_demo(
-    model: Model,
-    scorer: CLIPScore,
-    steps: int = 25,
-    seeds: Sequence[int] = (0,),
-    judge: Judge | None = None,
-    progress: bool = True,
-) -> DemoResults:
-    """Run every recipe of the report on `model`; `judge` (the tiny model's) adds hit rates."""
-    stages = tqdm(total=2 * len(PROMPTS) + 3, desc="demo", disable=not progress, position=0)
-    unet, text = {}, {}
-    common = dict(seeds=seeds, steps=steps, scorer=scorer, progress=progress)
-    for attribute, (prompt, subject) in PROMPTS.items():
-        stages.set_description(f"trace UNet: {attribute}")
-        unet[attribute] = trace_unet(model, prompt, subject, **common)
-        stages.update()
-        stages.set_description(f"trace text encoder: {attribute}")
-        text[attribute] = trace_text_encoder(model, prompt, subject, **common)
-        stages.update()
-    stages.set_description("LoCoGen: style")
-    style = localize(model, list(STYLE_PROMPTS), TARGET, attribute=STYLE_ATTRIBUTE, **common)
-    stages.update()
-    stages.set_description("edits: DiffQuickFix, LoCoEdit")
-    edits = {"DiffQuickFix": diffquickfix.edit(model, OLD, NEW, templates=EDIT_TEMPLATES),
-             "LoCoEdit": locoedit.edit(model, OLD, NEW, layers=style.best_sites)}
-    stages.update()
-    stages.set_description("before / after")
-    comparison = compare_edits(model, edits, COMPARISON, scorer, seeds[0], steps, judge=judge, watch=("style", OLD))
-    stages.update()
-    stages.close()
-    return DemoResults(unet, text, {"style": style}, comparison, edits)
+def _top(result: TraceResult) -> str:
+    """The cell with the largest mean IE, with its interval: 'mid-cross-attn +0.412 [0.301, 0.523] (n=16)'."""
+    found = result.top(1)
+    if not found:
+        return "no unit kept"
+    cells = result.cells()
+    mean, low, high, n = (a.ravel() for a in result.ie_interval())
+    i = cells.index(found[0][0])
+    return (f"{' @ '.join(token_label(x) for x in found[0][0])} {mean[i]:+.3f} [{low[i]:+.3f}, {high[i]:+.3f}] "
+            f"(n={int(n[i])})")
 
 
-def _summary_rows(results: DemoResults) -> list[list[object]]:
+def _separated(result: TraceResult) -> int:
+    """How many cells have a 95% interval that excludes 0 (n >= 2)."""
+    _, low, high, n = result.ie_interval()
+    return int(np.sum((n >= 2) & ((low > 0) | (high < 0))))
+
+
+def _runs(results: DemoResults) -> list[list[object]]:
+    """The 'what was run' table: per part its design, units kept and dropped, protocol and scorer."""
     rows = []
-    for attribute, unet in results.unet.items():
-        text = results.text[attribute]
-        (site,), site_ie, _ = unet.top(1)[0]
-        (state, token), state_ie, _ = text.top(1)[0]
-        rows.append([attribute, unet.units[0]["subject"],
-                     float(np.mean(unet.scores["clean"])), float(np.mean(unet.scores["corrupted"])),
-                     f"{site} ({site_ie:+.3f})", f"{state} @ {token_label(token)} ({state_ie:+.3f})"])
+    for attribute, traces in results.unet.items():
+        for label, result in [*((f"UNet trace ({p})", r) for p, r in traces.items()),
+                              ("text-encoder trace", results.text[attribute])]:
+            rows.append([f"{attribute}: {label}", design(result), f"{int(result.kept.sum())} / {result.dropped}",
+                         result.settings.get("protocol", "paper"), result.settings["scorer"]])
+    for attribute, result in results.locogen.items():
+        prompts, seeds = (len({u[k] for u in result.units}) for k in ("prompt", "seed"))
+        rows.append([f"{attribute}: LoCoGen", f"{prompts} prompts x {seeds} seeds ({len(result.units)} units)",
+                     f"{len(result.units)} / 0", f"swap fed {TARGET!r}", result.scorer])
+    for name, evaluation in results.evaluations.items():
+        size, groups = evaluation.settings["images_per_group"], len({r.group for r in evaluation.rows})
+        rows.append([f"{name}: evaluation", f"{size} images x {groups} groups x {len(evaluation.conditions)} "
+                     "conditions", "-", "held-out prompts", "tiny judge (hit rates)"])
     return rows
+
+
+def _findings(results: DemoResults) -> list[list[object]]:
+    """Per attribute: the clean and corrupted scores and the top cell of each trace, with intervals."""
+    rows = []
+    for attribute, traces in results.unet.items():
+        paper = next(iter(traces.values()))
+        kept = paper.kept
+        clean, corrupted = (str(interval(paper.scores[k][kept])) if kept.any() else "-" for k in ("clean", "corrupted"))
+        rows.append([attribute, clean, corrupted, *(_top(r) for r in traces.values()), _top(results.text[attribute])])
+    return rows
+
+
+def _locogen_lines(result: LocalizeResult) -> list[str]:
+    """The chosen window, how m grew, the random control and the collateral, as sentences."""
+    met = "met" if result.settings.get("met") else "not met"
+    grown = "; ".join(f"m = {g['m']}: best window from {g['best start']}, {g['score']:.3f} [{g['low']:.3f}, "
+                      f"{g['high']:.3f}] (n={g['n']}), share of the full swap "
+                      + ("n/a" if g["share"] is None else f"{g['share']:.2f}") for g in result.settings.get("grown", []))
+    lines = [f"Chosen window: {', '.join(result.best_sites)} (m = {result.m}; threshold "
+             f"{result.settings.get('threshold')} of the full swap's effect {met}). Scored by {result.scorer}; "
+             f"no swap {result.interval('baseline')}, every layer swapped {result.interval('full')}, chosen window "
+             f"{result.interval('window', result.best_start)}.", f"Growing m: {grown}."]
+    if "random" in result.scores:
+        layers = ", ".join(result.layers[i] for i in result.random_layers)
+        lines.append(f"Control, {result.m} random layer(s) ({layers}) fed the same target: "
+                     f"{result.interval('random')}.")
+    for attribute, (before, after) in result.collateral.items():
+        lines.append(f"Collateral, judge P({attribute} the prompt names): no swap {before} -> chosen window {after}.")
+    return lines
+
+
+def _footer(results: DemoResults) -> str:
+    """How long the demo took where it ran, stage by stage."""
+    seconds = dict(results.seconds)
+    total = seconds.pop("total", None)
+    stages = ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items())
+    head = f"interp demo took {total:.0f} s" if total is not None else "interp demo's stages took"
+    where = f" on {results.machine}" if results.machine else ""
+    return f"{head}{where} (measured by the run that wrote this data; {stages})."
 
 
 def build_report(results: DemoResults, model_name: str = "") -> Report:
     """The report's sections, drawn from `results` alone."""
-    first = next(iter(results.unet.values()))
-    report = Report(f"Where {model_name or 'the model'} keeps style, object and color",
-                    f"{first.settings['steps']} denoising steps · {len(first.units)} seed(s) per prompt · "
-                    f"noise {first.settings['noise']} x the subject embeddings' std · scores: CLIP-score of "
-                    "each image against its prompt")
+    sizes = results.sizes
+    scorers = sorted({r.settings["scorer"] for traces in results.unet.values() for r in traces.values()})
+    report = Report(
+        f"Where {model_name or 'the model'} keeps style, object and color",
+        f"{sizes.steps} denoising steps · every trace: {sizes.units()} per attribute · noise "
+        f"{next(iter(next(iter(results.unet.values())).values())).settings['noise']} x the subject embeddings' "
+        f"std · scores: {', '.join(scorers)} of each image against its prompt · means with 95% intervals over units",
+        footer=_footer(results),
+    )
+    report.heading("What was run").table(["part", "prompts x seeds x samples", "units kept / dropped", "protocol",
+                                          "scorer"], _runs(results))
+    report.text("A unit is one (prompt, seed, noise sample); units whose corruption lowers the score by less than "
+                "the scorer's minimum effect have nothing to trace and are dropped (counted above, never averaged).")
+    protocols = list(next(iter(results.unet.values())))
     report.heading("Summary").table(
-        ["attribute", "subject", "clean CLIP", "corrupted CLIP", "top UNet site (IE)", "top text state (IE)"],
-        _summary_rows(results))
+        ["attribute", "clean score", "corrupted score", *(f"top UNet site ({p})" for p in protocols),
+         "top text state"], _findings(results))
+    report.heading("The paper's single causal state").text(
+        f"Basu et al. find one causal state in the text encoder: {CAUSAL_STATE[0]} at the {CAUSAL_STATE[1]} token. "
+        f"Checked per attribute against every other traced state ({' and '.join(TEXT_KINDS)} outputs, every layer "
+        "and token role):")
+    for attribute, result in results.text.items():
+        report.text(f"{attribute}: {causal_state_verdict(result)}")
+
     report.heading("Causal tracing: UNet").text(
-        "The subject's token embeddings are corrupted with noise; each site's clean activation is restored "
-        "at every denoising step. Red cells bring the attribute back (indirect effect IE = restored - "
-        "corrupted CLIP-score).")
-    for attribute, result in results.unet.items():
-        report.figure(denoiser_site_map(result, title=f"UNet sites: {attribute}"))
-    report.figure(trace_images(results.unet))
+        "The subject's token embeddings are corrupted with noise; one site's clean activation is restored at every "
+        "denoising step. Red cells bring the attribute back (indirect effect IE = restored - corrupted score; hover "
+        "for the 95% interval and n). Left, the paper's protocol copies the clean run's activation even after the "
+        "two trajectories diverge; right, the aligned protocol takes it from the clean prompt on the restored run's "
+        "own latent, so a site that never reads the text has no effect by construction.")
+    for attribute, traces in results.unet.items():
+        counts = ", ".join(f"{p}: {_separated(r)} of {len(r.cells())}" for p, r in traces.items())
+        report.figure(denoiser_site_maps(traces, title=f"UNet sites: {attribute}"))
+        report.text(f"{attribute}: sites whose IE interval excludes 0 — {counts}.")
+        report.figure(ie_bars(traces, top=6, title=f"Largest UNet effects: {attribute}"))
+    report.figure(trace_images({a: next(iter(t.values())) for a, t in results.unet.items()}))
+
     report.heading("Causal tracing: text encoder").text(
-        "The same corruption; one text-encoder state (site kind x layer x token) is restored at a time.")
+        "The same corruption; one text-encoder state (layer output x token role) is restored at a time. Token "
+        "roles align prompts of different lengths (ROME's: before, first, middle and last subject token, first "
+        "and further after, last).")
     for attribute, result in results.text.items():
         report.figure(text_encoder_grid(result, title=f"Text encoder: {attribute}"))
+        report.figure(ie_bars({attribute: result}, top=8, title=f"Largest text-encoder effects: {attribute}"))
+
     report.heading("LoCoGen").text(
-        "A window of m consecutive cross-attention layers sees the target prompt instead of the original; "
-        "the window whose swap lowers the CLIP-score against the attribute's text most is where it is "
-        "controlled.")
+        f"A window of m consecutive cross-attention layers sees {TARGET!r} instead of the prompt; m grows from 1 "
+        "until the best window does a set share of what swapping every layer does. The lowest score wins.")
     for attribute, result in results.locogen.items():
-        text = result.settings.get("attribute")
-        scored = repr(text) if text else "each prompt"
-        report.text(f"{attribute}: chosen window {', '.join(result.best_sites)} (m = {result.m}; "
-                    f"scored against {scored}).")
+        for line in _locogen_lines(result):
+            report.text(f"{attribute}: {line}")
     report.figure(locogen_curve(results.locogen))
-    comparison = results.edits
-    keys = "; ".join(f"{name}: {', '.join(repr(t) for t in edit['templates'])}"
-                     for name, edit in comparison.settings["edits"].items())
+
     report.heading("Editing").text(
-        f"DiffQuickFix edits the text encoder's first self-attention out-projection; LoCoEdit edits W_K and W_V "
-        f"of the cross-attention layers LoCoGen found. Both map {OLD!r} onto {NEW!r} in one closed-form solve, "
-        f"with keys from templates ({keys}).")
-    roles = ("edited", "neighbour")
-    report.table(["mean CLIP-score", *comparison.edits], [[r, *comparison.rate("clip", r).values()] for r in roles])
-    for role in roles:
-        rates = comparison.rate("hit", role)
-        if rates:
-            report.text(f"Judge: {OLD!r} seen in {role} prompts' images: "
-                        + ", ".join(f"{edit} {100 * rate:.0f}%" for edit, rate in rates.items()))
-    report.figure(edit_images(comparison))
+        f"DiffQuickFix edits the text encoder's first self-attention out-projection; LoCoEdit edits W_K and W_V of "
+        f"the cross-attention layers LoCoGen found. Both map {OLD!r} onto {NEW!r} in one closed-form solve.")
+    if not results.evaluations:
+        report.text("No edit evaluation: it needs the tiny world's judge (run the demo on the bundled tiny model).")
+    for name, evaluation in results.evaluations.items():
+        header, rows = evaluation_table(evaluation)
+        report.text(f"{name} (keys from {', '.join(map(repr, evaluation.edit.get('templates', [])))}): the judge's "
+                    f"rates on held-out prompts, {evaluation.settings['images_per_group']} images per group and "
+                    "condition, 95% Wilson intervals.").table(header, rows)
+        for note in evaluation.notes:
+            report.text(f"{name}: {note}")
+    if results.evaluations:
+        report.figure(edit_evaluation(results.evaluations))
     return report

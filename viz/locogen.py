@@ -9,16 +9,9 @@ import numpy as np
 import plotly.graph_objects as go
 
 from interventions.locogen import LocalizeResult
-from viz.style import attribute_color, styled
+from viz.style import attribute_color, error_bars, styled
 
 CONTROL_OFFSET = 0.2  # the random control sits just right of the chosen window
-
-
-def _error_bars(mean: np.ndarray, low: np.ndarray, high: np.ndarray, color: str) -> dict:
-    """Asymmetric error bars from (mean, low, high) intervals."""
-    mean, low, high = np.atleast_1d(mean), np.atleast_1d(low), np.atleast_1d(high)
-    return dict(type="data", symmetric=False, array=high - mean, arrayminus=mean - low, thickness=1, width=3,
-                color=color)
 
 
 def _collateral_hover(result: LocalizeResult) -> str:
@@ -34,7 +27,7 @@ def _random_control(result: LocalizeResult, attribute: str, color: str) -> go.Sc
     return go.Scatter(
         x=[result.best_start + CONTROL_OFFSET], y=[found.value], mode="markers", name=f"{attribute}: random control",
         marker=dict(symbol="x-thin-open", size=12, color=color, line=dict(width=2, color=color)),
-        error_y=_error_bars(found.value, found.low, found.high, color),
+        error_y=error_bars(found.value, found.low, found.high, color),
         customdata=[layers], hovertemplate=f"random control (m = {result.m}, seed "
         f"{result.settings.get('control seed')})<br>%{{customdata}}<br>score %{{y:.4f}} "
         f"[{found.low:.4f}, {found.high:.4f}] n={found.n}<extra>{attribute}</extra>",
@@ -56,7 +49,7 @@ def locogen_curve(results: LocalizeResult | Mapping[str, LocalizeResult], title:
         spans = [f"[{lo:.4f}, {hi:.4f}] n={k}" for lo, hi, k in zip(low, high, n)]
         figure.add_trace(go.Scatter(
             x=starts, y=mean, mode="lines+markers", name=attribute, line=dict(color=color, width=2),
-            error_y=_error_bars(mean, low, high, color), customdata=windows, text=spans,
+            error_y=error_bars(mean, low, high, color), customdata=windows, text=spans,
             hovertemplate="start %{x}: %{customdata}<br>score %{y:.4f} %{text}<extra>" + attribute + "</extra>",
         ))
         figure.add_hline(y=result.baseline, line=dict(color=color, dash="dot", width=1),

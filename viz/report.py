@@ -18,6 +18,7 @@ table { border-collapse: collapse; margin: 8px 0 16px; font-size: 14px; }
 td, th { border: 1px solid #ddd; padding: 4px 10px; text-align: right; } th { background: #f5f5f5; }
 td:first-child, th:first-child { text-align: left; }
 .figure { margin: 12px 0 24px; }
+footer { margin-top: 40px; padding-top: 8px; border-top: 1px solid #ddd; color: #666; font-size: 13px; }
 """
 CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -28,6 +29,7 @@ class Report:
 
     title: str
     subtitle: str = ""
+    footer: str = ""  # the page's last line, e.g. how long the job that made it took
     parts: list[str] = field(default_factory=list)
     figures: int = 0
 
@@ -56,11 +58,12 @@ class Report:
 
     def html(self) -> str:
         subtitle = f'<p class="meta">{html.escape(self.subtitle)}</p>' if self.subtitle else ""
+        footer = f"<footer>{html.escape(self.footer)}</footer>" if self.footer else ""
         return (
             "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(self.title)}</title><style>{CSS}</style>"
             f"<script type=\"text/javascript\">{get_plotlyjs()}</script></head>"
-            f"<body><h1>{html.escape(self.title)}</h1>{subtitle}{''.join(self.parts)}</body></html>\n"
+            f"<body><h1>{html.escape(self.title)}</h1>{subtitle}{''.join(self.parts)}{footer}</body></html>\n"
         )
 
     def write(self, path: str | Path) -> Path:

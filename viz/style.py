@@ -41,3 +41,10 @@ def styled(figure: go.Figure, title: str, height: int | None = None) -> go.Figur
     figure.update_layout(template="plotly_white", font=FONT, title=dict(text=title, x=0.01, xanchor="left"),
                          margin=dict(l=70, r=30, t=80, b=60), height=height)
     return figure
+
+
+def error_bars(mean: np.ndarray, low: np.ndarray, high: np.ndarray, color: str) -> dict:
+    """Asymmetric plotly error bars from (mean, low, high) intervals (a NaN bound draws none)."""
+    mean, low, high = (np.atleast_1d(np.asarray(a, dtype=float)) for a in (mean, low, high))
+    return dict(type="data", symmetric=False, array=high - mean, arrayminus=mean - low, thickness=1, width=3,
+                color=color)

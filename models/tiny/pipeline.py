@@ -7,9 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import interp.quiet  # noqa: F401  (before diffusers, whose imports would warn without torchvision)
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from interp.progress import library_bars
 from models.tiny.tensors import as_uint8
 
 STEPS = 25
@@ -35,11 +38,13 @@ def assemble(
 
 
 def load(folder: Path, device: str | torch.device = "cpu") -> StableDiffusionPipeline:
-    """The pipeline saved in `folder`, offline, on `device`, with its progress bar off."""
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(folder), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        local_files_only=True,
-    )
+    """The pipeline saved in `folder`, offline, on `device`, with its progress bars (loading and
+    sampling) off."""
+    with library_bars(False):
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(folder), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            local_files_only=True,
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
