@@ -1,49 +1,205 @@
 """How many runs fit in one batched pipeline call under a memory budget.
 
-The estimate comes from a forward pass of a meta-device twin of the denoiser at the run's latent
-size: the outputs of every named site (block outputs, skip connections, attention results) are what
-a forward holds at once, plus the largest self-attention score matrix, per UNet row. It is
-conservative, not exact; pass `chunk_size` to the runner to override it.
+The estimate replays one denoiser forward (and one VAE decode) on meta-device twins, at the run's
+latent size and one batch row, and records the peak of the bytes held by live tensors, as an
+allocator would see them: a tensor's storage counts from the op that makes it until the last
+tensor viewing it is gone. Scaled by the rows a run takes (two with classifier-free guidance),
+that is what each run adds while denoising; a decode adds one image's peak per run (or once, when
+the VAE decodes slice by slice).
+
+Attention is counted as the kernels in use compute it: `F.scaled_dot_product_attention` is fused
+(flash / memory-efficient on CUDA, the flash kernel on CPU) and holds only its output, never the
+(tokens x tokens) score matrices; an attention processor that forms scores itself (bmm + softmax)
+is counted as written, since its ops run on the twin. On top of the runs comes `fixed`: the largest
+weight once, the transient copy a CPU convolution or matmul kernel makes of its weight.
+
+The estimate is computed once per (denoiser, size, guidance, dtype, decode mode) and cached. It
+covers the denoising loop and the decode, not the text encoders (77 tokens a row) nor captures a
+graph keeps; pass `chunk_size` to the runner to override it.
 """
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from interp.model import Model
 from interp.sites import meta_twin
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes a pipeline call needs beyond the weights, as a function of the runs it batches.
+
+    `denoise_per_run`: what one more run adds at the denoiser's peak (all its rows);
+    `decode_per_image`: the VAE decode's peak for one image (0 without a VAE);
+    `sliced_decode`: whether the VAE decodes one image at a time (then that peak is paid once);
+    `fixed`: what any call needs whatever its runs (the largest weight's transient copy).
+    """
+
+    fixed: int
+    denoise_per_run: int
+    decode_per_image: int
+    sliced_decode: bool
+
+    @property
+    def per_run(self) -> int:
+        """What each run adds to the peak of a call."""
+        return max(self.denoise_per_run, 0 if self.sliced_decode else self.decode_per_image)
+
+    def peak(self, runs: int) -> int:
+        """Estimated peak bytes above the weights of a call batching `runs` runs."""
+        decode = self.decode_per_image * (1 if self.sliced_decode else runs)
+        return self.fixed + max(runs * self.denoise_per_run, decode)
+
+    def runs_within(self, budget_bytes: float) -> int:
+        """The most runs whose per-run bytes fit `budget_bytes` (at least 1); `fixed` and a
+        sliced decode's single image come on top, like the weights."""
+        return max(1, int(budget_bytes // self.per_run))
+
+
+# denoiser module -> {(height, width, cfg, dtype, sliced decode, processors): Estimate}
+_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, Estimate]] = weakref.WeakKeyDictionary()
+
+
+def estimate(model: Model, height: int, width: int, cfg: bool) -> Estimate:
+    """The memory estimate for runs of `height` x `width` pixels, with or without guidance; cached."""
+    denoiser = model.denoiser
+    vae = getattr(model.pipe, "vae", None)
+    sliced = bool(getattr(vae, "use_slicing", False))
+    key = (height, width, cfg, denoiser.dtype, sliced, _processor_kinds(denoiser))
+    cached = _CACHE.setdefault(denoiser, {})
+    if key not in cached:
+        cached[key] = _estimate(model, height, width, cfg, vae, sliced)
+    return cached[key]
+
+
 def bytes_per_run(model: Model, height: int, width: int, cfg: bool) -> int:
-    """Estimated activation memory that one more run adds to a batch."""
-    twin = meta_twin(model.denoiser)
-    _, latent_h, latent_w = model.adapter.latent_shape(model.pipe, height, width)
-    paths = {s.path for s in model.sites() if s.component == model.adapter.denoiser}
-    held, scores = 0, 0
-    handles = []
-
-    def record(module: torch.nn.Module, inputs: tuple, out: object, path: str) -> None:
-        nonlocal held, scores
-        tensor = out[0] if isinstance(out, tuple) else out
-        if path in paths and isinstance(tensor, torch.Tensor):
-            held += tensor.numel()
-            if tensor.dim() == 3 and hasattr(module, "heads"):  # attention over image tokens
-                scores = max(scores, module.heads * tensor.shape[1] ** 2)
-
-    for path, module in twin.named_modules():
-        if path in paths:
-            handles.append(module.register_forward_hook(lambda m, i, o, p=path: record(m, i, o, p)))
-    try:
-        with torch.no_grad():
-            model.adapter.meta_forward(model.adapter.denoiser, twin, (latent_h, latent_w))(twin)
-    finally:
-        for handle in handles:
-            handle.remove()
-    rows = 2 if cfg else 1
-    itemsize = torch.empty((), dtype=model.denoiser.dtype).element_size()
-    return rows * itemsize * (held + scores)
+    """Estimated bytes that one more run adds to a batch (`Estimate.per_run`)."""
+    return estimate(model, height, width, cfg).per_run
 
 
 def runs_per_chunk(model: Model, height: int, width: int, cfg: bool, budget_bytes: float) -> int:
     """The largest number of runs whose estimated activations fit `budget_bytes` (at least 1)."""
-    return max(1, int(budget_bytes // bytes_per_run(model, height, width, cfg)))
+    return estimate(model, height, width, cfg).runs_within(budget_bytes)
+
+
+def _estimate(model: Model, height: int, width: int, cfg: bool, vae: Any, sliced: bool) -> Estimate:
+    adapter, denoiser = model.adapter, model.denoiser
+    _, latent_h, latent_w = adapter.latent_shape(model.pipe, height, width)
+    twin = meta_twin(denoiser)
+    _share_processors(denoiser, twin)
+    row = peak_bytes(lambda: adapter.meta_forward(adapter.denoiser, twin, (latent_h, latent_w))(twin))
+    row = row * denoiser.dtype.itemsize // torch.float32.itemsize  # the twin is built in float32
+    largest = _largest_weight(denoiser)
+    decode = 0
+    if isinstance(vae, torch.nn.Module) and hasattr(vae, "decode"):
+        vae_twin = meta_twin(vae)
+        channels = vae.config.get("latent_channels", 4)
+        latents = torch.zeros(1, channels, latent_h, latent_w, device="meta")
+        decode = peak_bytes(lambda: vae_twin.decode(latents)) * vae.dtype.itemsize // torch.float32.itemsize
+        largest = max(largest, _largest_weight(vae))
+    return Estimate(fixed=largest, denoise_per_run=(2 if cfg else 1) * row, decode_per_image=decode,
+                    sliced_decode=sliced)
+
+
+def _largest_weight(module: torch.nn.Module) -> int:
+    return max((p.numel() * p.element_size() for p in module.parameters()), default=0)
+
+
+def _processor_kinds(module: torch.nn.Module) -> tuple[str, ...]:
+    processors = getattr(module, "attn_processors", None)
+    return tuple(sorted({type(p).__name__ for p in processors.values()})) if isinstance(processors, dict) else ()
+
+
+def _share_processors(real: torch.nn.Module, twin: torch.nn.Module) -> None:
+    """Give the twin the real denoiser's attention processors where they hold no weights, so a
+    processor that forms score matrices is counted as it runs."""
+    processors = getattr(real, "attn_processors", None)
+    if not isinstance(processors, dict) or twin is real or not hasattr(twin, "set_attn_processor"):
+        return
+    if any(isinstance(p, torch.nn.Module) for p in processors.values()):
+        return
+    try:
+        twin.set_attn_processor(dict(processors))
+    except (ValueError, KeyError):  # another layout of processors than the config builds
+        pass
+
+
+def peak_bytes(forward: Callable[[], object]) -> int:
+    """The peak bytes of tensor storage that `forward` holds at once (run it on meta tensors: no
+    compute, no memory), with fused scaled-dot-product attention holding only its output."""
+    live = _LiveBytes()
+    with torch.no_grad(), _FusedAttention(), live:
+        forward()
+    return live.peak
+
+
+class _FusedAttention(TorchFunctionMode):
+    """`F.scaled_dot_product_attention` as the fused kernels allocate: its output only."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if func is F.scaled_dot_product_attention:
+            query, value = args[0], (args[2] if len(args) > 2 else kwargs["value"])
+            return query.new_empty((*query.shape[:-1], value.shape[-1]))
+        return func(*args, **(kwargs or {}))
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Bytes of the storages that ops under this mode made and that some tensor still views, and
+    their peak. Storages made outside (weights, inputs) are not counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self._views: dict[int, int] = {}  # storage -> live tensors viewing it
+        self._sizes: dict[int, int] = {}
+        self._outside: set[int] = set()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        for tensor in _tensors((args, kwargs)):
+            storage = _storage(tensor)
+            if storage is not None and storage not in self._views:
+                self._outside.add(storage)
+        out = func(*args, **(kwargs or {}))
+        for tensor in _tensors(out):
+            storage = _storage(tensor)
+            if storage is None or storage in self._outside:
+                continue
+            if storage not in self._views:
+                self._views[storage] = 0
+                self._sizes[storage] = tensor.untyped_storage().nbytes()
+                self.live += self._sizes[storage]
+                self.peak = max(self.peak, self.live)
+            self._views[storage] += 1
+            weakref.finalize(tensor, self._release, storage)
+        return out
+
+    def _release(self, storage: int) -> None:
+        self._views[storage] -= 1
+        if not self._views[storage]:
+            del self._views[storage]
+            self.live -= self._sizes.pop(storage)
+
+
+def _storage(tensor: torch.Tensor) -> int | None:
+    try:
+        return tensor.untyped_storage()._cdata
+    except (RuntimeError, NotImplementedError):  # tensors without storage (sparse, nested)
+        return None
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, (list, tuple)):
+        return [t for item in tree for t in _tensors(item)]
+    if isinstance(tree, dict):
+        return [t for item in tree.values() for t in _tensors(item)]
+    return []

@@ -281,6 +281,13 @@ class Edit:
             raise EditStateError("this edit holds deltas only; apply it to a module first to see its weights")
         return self._weights
 
+    def weights_on(self, module: nn.Module) -> dict[str, Tensor]:
+        """The matrices this edit would write into `module` (its weights + ΔW), without writing them."""
+        self.check(module)
+        if not self.deltas:
+            return dict(self._weights)
+        return {n: d.onto(module.get_parameter(n)) for n, d in self.deltas.items()}
+
     @property
     def changed_parameters(self) -> tuple[str, ...]:
         """The dotted names of the parameters this edit writes, in order."""

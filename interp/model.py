@@ -217,9 +217,10 @@ def _load_pipeline(source: str, **kwargs: Any) -> Any:
     from diffusers import DiffusionPipeline
 
     if source == "tiny":
-        from models.tiny import load_pipeline
+        from models.tiny import WEIGHTS_DIR
+        from models.tiny.pipeline import load
 
-        return load_pipeline()
+        return load(WEIGHTS_DIR, **kwargs)
     if Path(source).exists() and not (Path(source) / "model_index.json").exists():
         raise FileNotFoundError(f"{source} is a path without model_index.json; save the pipeline with save_pretrained")
     pipe = DiffusionPipeline.from_pretrained(source, **kwargs)

@@ -32,25 +32,25 @@ def is_local(source: object) -> bool:
 
 
 @contextmanager
-def library_bars(show: bool) -> Iterator[None]:
-    """diffusers' and transformers' (with huggingface_hub's) progress bars on or off inside the block,
-    restored after it."""
+def without_library_bars(quiet: bool = True) -> Iterator[None]:
+    """diffusers' and transformers' (with huggingface_hub's) progress bars off inside the block when
+    `quiet`, restored after it; otherwise left as the user set them."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    switches = [
-        (diffusers_logging.is_progress_bar_enabled(), diffusers_logging),
-        (transformers_logging.is_progress_bar_enabled(), transformers_logging),
-    ]
-    for _, library in switches:
-        library.enable_progress_bar() if show else library.disable_progress_bar()
+    libraries = [diffusers_logging, transformers_logging]
+    were_on = [library.is_progress_bar_enabled() for library in libraries]
+    if quiet:
+        for library in libraries:
+            library.disable_progress_bar()
     try:
         yield
     finally:
-        for was_on, library in switches:
-            library.enable_progress_bar() if was_on else library.disable_progress_bar()
+        for library, was_on in zip(libraries, were_on):
+            if quiet and was_on:
+                library.enable_progress_bar()
 
 
 def loading(source: object) -> AbstractContextManager[None]:
-    """Library bars while loading `source`: off for a local model, `default()` for a hub id."""
-    return library_bars(not is_local(source) and default())
+    """Library bars while loading `source`: off for a local model, as `default()` says for a hub id."""
+    return without_library_bars(is_local(source) or not default())

@@ -338,11 +338,12 @@ def recipe_notes(model: Model, edit: Edit) -> list[str]:
              f"{metadata['method']}.edit"] if unused else []
     module = edits.component(model, edit)
     rebuilt = edit_at(model, metadata, layer_choices(model, metadata)[1]).weights
-    if rebuilt.keys() != edit.weights.keys():
+    weights = edit.weights_on(module)
+    if rebuilt.keys() != weights.keys():
         return [*notes, f"the recipe rebuilt at the edit's own layers changes {sorted(rebuilt)}, not the edit's "
-                        f"{sorted(edit.weights)}: the controls may differ from it in more than their layers"]
-    change = max(float((w - module.get_parameter(n).detach()).abs().max()) for n, w in edit.weights.items())
-    gap = max(float((rebuilt[n] - w).abs().max()) for n, w in edit.weights.items()) / max(change, 1e-30)
+                        f"{sorted(weights)}: the controls may differ from it in more than their layers"]
+    change = max(float((w - module.get_parameter(n).detach()).abs().max()) for n, w in weights.items())
+    gap = max(float((rebuilt[n] - w).abs().max()) for n, w in weights.items()) / max(change, 1e-30)
     verdict = "reproduces it" if gap <= REPRODUCE_TOLERANCE else "does not reproduce it: the controls may differ " \
                                                                  "from it in more than their layers"
     return [*notes, f"the recipe rebuilt at the edit's own layers {verdict} (difference {gap:.1e} of the edit's "

@@ -200,3 +200,16 @@ def test_empty_tokens_and_budget_are_clear_errors(model):
 
 def test_load_tiny_passes_its_arguments_on():
     assert interp.load("tiny", torch_dtype=torch.float64).denoiser.dtype == torch.float64
+
+
+def test_cli_edit_exports_a_lora_adapter(tmp_path):
+    from typer.testing import CliRunner
+
+    from interp.cli import app
+    from interventions.edits import LORA_FILE
+
+    result = CliRunner().invoke(app, ["edit", "diffquickfix", "--model", "dummy", "--old", "van gogh", "--new",
+                                      "painting", "--save", str(tmp_path / "e.safetensors"), "--lora",
+                                      str(tmp_path / "lora")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "lora" / LORA_FILE).is_file() and "rank" in result.output

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from typer.testing import CliRunner
 
+from interp import progress
+from interp.cli import app
 from tests.test_cli import clip_folder, demo_report  # noqa: F401 - `report` redraws the dummy demo's data
 
 PROMPT = "a red circle in the style of van gogh"
@@ -96,3 +99,32 @@ def test_the_checks_catch_library_noise():
     assert unexpected_stderr(f"{bar}\nwarning: scoring with the tiny model's CLIP, which knows ...") == [bar]
     assert stdout_problems("wrote x.html\n" + bar, [r"wrote \S+"]) == [bar]
     assert stdout_problems("", [r"wrote \S+"]) == [r"<missing: wrote \S+>"]
+
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_bars_show_on_a_terminal_or_when_asked(monkeypatch):
+    monkeypatch.setattr(progress, "_requested", False)
+    monkeypatch.setattr(sys, "stderr", _Stream(tty=True))
+    assert progress.default()
+    monkeypatch.setattr(sys, "stderr", _Stream(tty=False))  # a pipe, a file, a CI log
+    assert not progress.default()
+    assert CliRunner().invoke(app, ["--progress", "sites", "--model", "dummy"]).exit_code == 0
+    assert progress.default()
+
+
+def test_library_loading_bars_are_off_for_local_models_and_restored(tmp_path):
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    assert progress.is_local("tiny") and progress.is_local(tmp_path) and not progress.is_local("org/model")
+    before = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    with progress.loading(tmp_path):
+        assert not diffusers_logging.is_progress_bar_enabled() and not transformers_logging.is_progress_bar_enabled()
+    assert (diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()) == before

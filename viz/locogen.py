@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
 import plotly.graph_objects as go
 
 from interventions.locogen import LocalizeResult

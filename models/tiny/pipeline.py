@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ import interp.quiet  # noqa: F401  (before diffusers, whose imports would warn w
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from interp.progress import library_bars
+from interp.progress import without_library_bars
 from models.tiny.tensors import as_uint8
 
 STEPS = 25
@@ -37,13 +38,13 @@ def assemble(
     )
 
 
-def load(folder: Path, device: str | torch.device = "cpu") -> StableDiffusionPipeline:
+def load(folder: Path, device: str | torch.device = "cpu", **kwargs: Any) -> StableDiffusionPipeline:
     """The pipeline saved in `folder`, offline, on `device`, with its progress bars (loading and
-    sampling) off."""
-    with library_bars(False):
+    sampling) off; `kwargs` go to `from_pretrained` (e.g. `torch_dtype`)."""
+    with without_library_bars():
         pipe = StableDiffusionPipeline.from_pretrained(
             str(folder), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            local_files_only=True,
+            local_files_only=True, **kwargs,
         )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

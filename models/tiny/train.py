@@ -43,7 +43,7 @@ from models.tiny.vae import decode, encode, train_vae
 
 SEED = 0
 SCENES = 16_000
-STEPS = {"vae": 1500, "judge": 1000, "clip": 800, "clip_vision": 1500, "unet": 4400}
+STEPS = {"vae": 1500, "judge": 1000, "clip": 800, "clip_vision": 3000, "unet": 6000}
 STAGES = tuple(STEPS)
 # (stages run here, stages run in a child process) per phase; a phase needs only earlier phases.
 PHASES = ((("vae",), ("clip",)), (("unet",), ("judge", "clip_vision")))
