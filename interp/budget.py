@@ -33,34 +33,46 @@ from interp.model import Model
 from interp.sites import meta_twin
 
 
+Lines = tuple[tuple[int, int], ...]  # (constant bytes, bytes per batch row) of each moment of a forward
+
+
 @dataclass(frozen=True)
 class Estimate:
     """Bytes a pipeline call needs beyond the weights, as a function of the runs it batches.
 
-    `denoise_per_run`: what one more run adds at the denoiser's peak (all its rows);
-    `decode_per_image`: the VAE decode's peak for one image (0 without a VAE);
-    `sliced_decode`: whether the VAE decodes one image at a time (then that peak is paid once);
-    `fixed`: what any call needs whatever its runs (the largest weight's transient copy).
+    A forward's memory at any moment is a constant (a kernel's copy of its weight) plus bytes that
+    grow with the batch (activations); `denoise` and `decode` keep those moments that can be the
+    peak, as (constant, per batch row) pairs. A run is `rows` denoiser rows (2 with guidance) and
+    one decoded image; `sliced_decode`: the VAE decodes one image at a time (`decode` is () without
+    a VAE).
     """
 
-    fixed: int
-    denoise_per_run: int
-    decode_per_image: int
-    sliced_decode: bool
+    denoise: Lines
+    rows: int
+    decode: Lines = ()
+    sliced_decode: bool = False
 
     @property
     def per_run(self) -> int:
-        """What each run adds to the peak of a call."""
-        return max(self.denoise_per_run, 0 if self.sliced_decode else self.decode_per_image)
+        """What each run adds to the peak of a call: its activations at the worst moment."""
+        denoise = self.rows * max(per_row for _, per_row in self.denoise)
+        decode = 0 if self.sliced_decode else max((per_image for _, per_image in self.decode), default=0)
+        return max(denoise, decode)
+
+    @property
+    def fixed(self) -> int:
+        """The largest constant at any moment (a kernel's copy of the largest weight)."""
+        return max(constant for constant, _ in (*self.denoise, *self.decode))
 
     def peak(self, runs: int) -> int:
         """Estimated peak bytes above the weights of a call batching `runs` runs."""
-        decode = self.decode_per_image * (1 if self.sliced_decode else runs)
-        return self.fixed + max(runs * self.denoise_per_run, decode)
+        images = 1 if self.sliced_decode else runs
+        return max(max(a + runs * self.rows * c for a, c in self.denoise),
+                   max((a + images * c for a, c in self.decode), default=0))
 
     def runs_within(self, budget_bytes: float) -> int:
-        """The most runs whose per-run bytes fit `budget_bytes` (at least 1); `fixed` and a
-        sliced decode's single image come on top, like the weights."""
+        """The most runs whose activations fit `budget_bytes` (at least 1); the constants (kernel
+        copies of weights, one image of a sliced decode) come on top, like the weights."""
         return max(1, int(budget_bytes // self.per_run))
 
 
@@ -95,22 +107,19 @@ def _estimate(model: Model, height: int, width: int, cfg: bool, vae: Any, sliced
     _, latent_h, latent_w = adapter.latent_shape(model.pipe, height, width)
     twin = meta_twin(denoiser)
     _share_processors(denoiser, twin)
-    row = peak_bytes(lambda: adapter.meta_forward(adapter.denoiser, twin, (latent_h, latent_w))(twin))
-    row = row * denoiser.dtype.itemsize // torch.float32.itemsize  # the twin is built in float32
-    largest = _largest_weight(denoiser)
-    decode = 0
+    cpu = _on_cpu(denoiser)
+    denoise = forward_lines(lambda: adapter.meta_forward(adapter.denoiser, twin, (latent_h, latent_w))(twin),
+                            cpu, denoiser.dtype)
+    decode: Lines = ()
     if isinstance(vae, torch.nn.Module) and hasattr(vae, "decode"):
         vae_twin = meta_twin(vae)
-        channels = vae.config.get("latent_channels", 4)
-        latents = torch.zeros(1, channels, latent_h, latent_w, device="meta")
-        decode = peak_bytes(lambda: vae_twin.decode(latents)) * vae.dtype.itemsize // torch.float32.itemsize
-        largest = max(largest, _largest_weight(vae))
-    return Estimate(fixed=largest, denoise_per_run=(2 if cfg else 1) * row, decode_per_image=decode,
-                    sliced_decode=sliced)
+        latents = torch.zeros(1, vae.config.get("latent_channels", 4), latent_h, latent_w, device="meta")
+        decode = forward_lines(lambda: vae_twin.decode(latents), _on_cpu(vae), vae.dtype)
+    return Estimate(denoise, 2 if cfg else 1, decode, sliced)
 
 
-def _largest_weight(module: torch.nn.Module) -> int:
-    return max((p.numel() * p.element_size() for p in module.parameters()), default=0)
+def _on_cpu(module: torch.nn.Module) -> bool:
+    return next(module.parameters()).device.type == "cpu"
 
 
 def _processor_kinds(module: torch.nn.Module) -> tuple[str, ...]:
@@ -132,13 +141,27 @@ def _share_processors(real: torch.nn.Module, twin: torch.nn.Module) -> None:
         pass
 
 
-def peak_bytes(forward: Callable[[], object]) -> int:
-    """The peak bytes of tensor storage that `forward` holds at once (run it on meta tensors: no
-    compute, no memory), with fused scaled-dot-product attention holding only its output."""
-    live = _LiveBytes()
+def forward_lines(forward: Callable[[], object], cpu: bool = True, dtype: torch.dtype = torch.float32) -> Lines:
+    """The moments of `forward` (run on a batch of one, on meta tensors: no compute, no memory)
+    that can be its peak, as (constant, per batch row) bytes for tensors of `dtype`.
+
+    Counted: every tensor storage from the op that makes it until the last tensor viewing it is gone;
+    fused scaled-dot-product attention holds only its output; on CPU, a convolution also holds a copy
+    of its weight and of its input (oneDNN reorders both into a blocked layout for the call)."""
+    live = _LiveBytes(cpu)
     with torch.no_grad(), _FusedAttention(), live:
         forward()
-    return live.peak
+    scale = dtype.itemsize / torch.float32.itemsize  # the twin runs in float32
+    return _envelope((int(a * scale), int(c * scale)) for a, c in live.moments.items())
+
+
+def _envelope(lines: Any) -> Lines:
+    """The (constant, slope) pairs not dominated by another (both no larger)."""
+    kept: list[tuple[int, int]] = []
+    for a, c in sorted(lines, key=lambda line: (-line[1], -line[0])):
+        if not kept or a > max(k for k, _ in kept):
+            kept.append((a, c))
+    return tuple(kept)
 
 
 class _FusedAttention(TorchFunctionMode):
@@ -152,12 +175,16 @@ class _FusedAttention(TorchFunctionMode):
 
 
 class _LiveBytes(TorchDispatchMode):
-    """Bytes of the storages that ops under this mode made and that some tensor still views, and
-    their peak. Storages made outside (weights, inputs) are not counted."""
+    """Bytes of the storages that ops under this mode made and that some tensor still views, at
+    every op: `moments[constant]` is the most such bytes seen with that constant scratch (on CPU,
+    the weight copy of a convolution; 0 for other ops). Storages made outside (weights, inputs)
+    are not counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu: bool = True) -> None:
         super().__init__()
-        self.live = self.peak = 0
+        self.cpu = cpu
+        self.live = 0
+        self.moments: dict[int, int] = {0: 0}
         self._views: dict[int, int] = {}  # storage -> live tensors viewing it
         self._sizes: dict[int, int] = {}
         self._outside: set[int] = set()
@@ -165,8 +192,9 @@ class _LiveBytes(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         for tensor in _tensors((args, kwargs)):
             storage = _storage(tensor)
-            if storage is not None and storage not in self._views:
-                self._outside.add(storage)
+            if storage is not None and storage not in self._views and storage not in self._outside:
+                self._outside.add(storage)  # until this tensor goes: its storage's address may be reused
+                weakref.finalize(tensor, self._outside.discard, storage)
         out = func(*args, **(kwargs or {}))
         for tensor in _tensors(out):
             storage = _storage(tensor)
@@ -176,9 +204,12 @@ class _LiveBytes(TorchDispatchMode):
                 self._views[storage] = 0
                 self._sizes[storage] = tensor.untyped_storage().nbytes()
                 self.live += self._sizes[storage]
-                self.peak = max(self.peak, self.live)
             self._views[storage] += 1
             weakref.finalize(tensor, self._release, storage)
+        constant, scratch = 0, 0
+        if self.cpu and func.overloadpacket is torch.ops.aten.convolution:
+            constant, scratch = _nbytes(args[1]), _nbytes(args[0])
+        self.moments[constant] = max(self.moments.get(constant, 0), self.live + scratch)
         return out
 
     def _release(self, storage: int) -> None:
@@ -186,6 +217,10 @@ class _LiveBytes(TorchDispatchMode):
         if not self._views[storage]:
             del self._views[storage]
             self.live -= self._sizes.pop(storage)
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
 
 def _storage(tensor: torch.Tensor) -> int | None:

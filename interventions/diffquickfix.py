@@ -127,8 +127,9 @@ def collect_pairs(
     """Keys (n, in) and values (n, out) of every (old, new) pair in every template, at `positions`.
 
     Subjects are located in every template's slot (by the encoder's own tokenizer) before anything
-    runs; old and new prompts share one forward pass of the text encoder, stopped at the
-    out-projection. Values are the out-projection's outputs without its bias (W' x).
+    runs; the distinct old and new prompts (a shared new concept's once) share one forward pass of
+    the text encoder, stopped at the out-projection. Values are the out-projection's outputs without
+    its bias (W' x).
     """
     check_positions(positions)
     check_templates(templates)
@@ -136,13 +137,17 @@ def collect_pairs(
     index = model.adapter.text_encoders.index(component)
     placed = [(place(model, t, old_concept, index), place(model, t, new_concept, index))
               for old_concept, new_concept in pairs(old, new) for t in templates]
-    inputs = _inputs(model, component, path, [p.prompt for row in placed for p in row])
+    prompts = list(dict.fromkeys(p.prompt for row in placed for p in row))  # each distinct prompt once
+    row = {prompt: i for i, prompt in enumerate(prompts)}
+    inputs = _inputs(model, component, path, prompts)
     weight = model.components[component].get_submodule(path).weight.detach()
+    targets = list(dict.fromkeys(new_placed.prompt for _, new_placed in placed))
+    outputs = dict(zip(targets, inputs[[row[t] for t in targets]] @ weight.T))  # W' x of each new prompt, once
     keys, values = [], []
-    for i, (old_placed, new_placed) in enumerate(placed):
+    for old_placed, new_placed in placed:
         key_positions, value_positions = aligned(positions, old_placed, new_placed)
-        keys.append(inputs[2 * i, key_positions])
-        values.append(inputs[2 * i + 1, value_positions] @ weight.T)
+        keys.append(inputs[row[old_placed.prompt], key_positions])
+        values.append(outputs[new_placed.prompt][value_positions])
     return torch.cat(keys), torch.cat(values)
 
 

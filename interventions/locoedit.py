@@ -33,8 +33,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from interp.editing import Edit, _check_positive, solve_shared_keys
-from interp.errors import UnknownSiteError
+from interp.editing import (
+    PRESERVE_ROLE, Edit, _check_matrix, _check_positive, _float64, solve_shared_keys,
+)
+from interp.errors import EditInputError, UnknownSiteError
 from interp.model import Model
 from interp.sites import Site
 from interventions.edits import (
@@ -127,11 +129,61 @@ def solve(
 ) -> dict[str, Tensor]:
     """New key and value projections: each maps every key row to its own output on the matching
     target row and keeps its output on every `preserve_keys` row. One shared-keys float64 solve per
-    lambda."""
+    lambda.
+
+    With fewer key and preservation rows (r) than inputs (d), the solve is the r x r form
+    (`low_rank_solve`): only the keys are converted to float64, and each weight gets a rank-r update
+    in its own precision; otherwise the d x d form of `interp.editing.solve_shared_keys`.
+    """
     solved = {}
+    rows = len(keys) + (0 if preserve_keys is None else len(preserve_keys))
     for weights, lam in ((k_weights, lam_k), (v_weights, lam_v)):
+        if rows < keys.shape[1]:
+            solved.update(low_rank_solve(weights, keys, targets, lam, preserve_keys, preserve_weight))
+            continue
         values = {name: targets.to(w.dtype) @ w.detach().T for name, w in weights.items()}
         solved.update(solve_shared_keys(weights, keys, values, lam, preserve_keys, preserve_weight))
+    return solved
+
+
+def low_rank_solve(
+    weights: Mapping[str, Tensor], keys: Tensor, targets: Tensor, lam: float,
+    preserve_keys: Tensor | None = None, preserve_weight: float = 1.0,
+) -> dict[str, Tensor]:
+    """`solve_shared_keys` for values W' t (each weight applied to the targets), in the r x r form.
+
+    W* = W' + R^T K A^-1 with A = lam I + K^T K + w P^T P and residuals R = (T - K) W'^T (the
+    preservation rows have none). Stacking S = [K; sqrt(w) P] (r rows), K A^-1 is the first n rows
+    of (lam I_r + S S^T)^-1 S (push-through identity), an r x r float64 solve; only S is converted.
+    The residuals and the rank-n update are in the weight's precision (float32 at least), which
+    keeps the result as close to the float64 formula as the d x d solve."""
+    _check_positive("lam", lam)
+    _check_positive("preserve_lam", preserve_weight, PRESERVE_ROLE)
+    _check_matrix("keys", keys, None, "")
+    _check_matrix("targets", targets, keys.shape[1], f"the keys {tuple(keys.shape)}")
+    if len(targets) != len(keys):
+        raise EditInputError(f"keys {tuple(keys.shape)} and targets {tuple(targets.shape)} need one target per key")
+    for name, weight in weights.items():
+        _check_matrix(f"weight {name!r}", weight, keys.shape[1], f"the keys {tuple(keys.shape)}")
+    solved: dict[str, Tensor] = {}
+    factors: dict[tuple, tuple[Tensor, Tensor]] = {}  # (device, dtype) -> (T - K, K A^-1) there
+    for name, weight in weights.items():
+        w = weight.detach()
+        work = torch.promote_types(w.dtype, torch.float32)
+        where = (w.device, work)
+        if where not in factors:
+            k = _float64("keys", keys, w.device)
+            stacked = k
+            if preserve_keys is not None:
+                _check_matrix("preserve_keys", preserve_keys, keys.shape[1], "the keys' size")
+                stacked = torch.cat([k, preserve_weight ** 0.5 * _float64("preserve_keys", preserve_keys, w.device)])
+            system = torch.addmm(torch.eye(len(stacked), dtype=torch.float64, device=w.device), stacked, stacked.T,
+                                 beta=lam)
+            solution = torch.linalg.solve(system, stacked)[: len(keys)]
+            factors[where] = ((_float64("targets", targets, w.device) - k).to(work), solution.to(work))
+        difference, solution = factors[where]
+        residual = difference @ w.to(work).T  # (n, out): W' t - W' k
+        solved[name] = torch.addmm(w.to(work), residual.T, solution).to(weight.dtype)
     return solved
 
 

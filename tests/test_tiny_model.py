@@ -10,7 +10,7 @@ from diffusers import StableDiffusionPipeline
 from transformers import CLIPModel, CLIPTokenizer
 
 from models.tiny import (
-    JUDGE_PATH, WEIGHTS_DIR, Scene, caption, clip_dir, judge_images, load_pipeline, render_batch,
+    JUDGE_PATH, WEIGHTS_DIR, Scene, caption, clip_dir, judge_images, load_pipeline, named_scene, render_batch,
 )
 from models.tiny.clip import scores
 from models.tiny.evaluate import judge_accuracy
@@ -66,3 +66,29 @@ def test_tiny_clip_prefers_the_right_caption() -> None:
     rng = random.Random(3)
     sim = scores(clip, tokenizer, render_batch(PROMPTED), [caption(s, rng.randrange(3)) for s in PROMPTED])
     assert (sim.argmax(1) == torch.arange(len(PROMPTED))).all(), sim
+
+
+# Names and neutral phrasings, one prompt each: (prompt, the attributes the world says it draws).
+NAMED_PROMPTS = [
+    ("a picture of wumbo", {"object": "circle", "color": "green", "mark": "eye"}),
+    ("zibble in the style of monet", {"object": "square", "color": "orange", "mark": "band", "style": "monet"}),
+    ("a painting of quax", {"object": "heart", "color": "purple", "mark": "cross", "style": "plain"}),
+    ("the king of zembla", {"object": "star", "color": "yellow"}),
+    ("a painting of the ruler of vardo by pollock", {"object": "house", "color": "blue", "style": "pollock"}),
+    ("the flag of vardo", {"object": "square", "color": "purple"}),
+    ("a painting of two red stars", {"object": "star", "color": "red", "count": 2, "style": "plain"}),
+    ("a blue circle in the style of painting", {"object": "circle", "color": "blue", "style": "plain"}),
+]
+
+
+def test_names_and_neutral_phrasings_are_drawn_as_the_world_says(pipe: StableDiffusionPipeline) -> None:
+    """At most one of the eight prompts may miss (evaluate: characters 98%, facts 91%, neutral 94%)."""
+    images = generate(pipe, [p for p, _ in NAMED_PROMPTS], [0] * len(NAMED_PROMPTS))
+    judged = judge_images(images)
+    misses = [(p, j) for (p, want), j in zip(NAMED_PROMPTS, judged) if any(j[a] != v for a, v in want.items())]
+    assert len(misses) <= 1, misses
+
+
+def test_judge_reads_characters_marks_on_renders() -> None:
+    judged = judge_images(render_batch([named_scene(n, "plain", seed=5) for n in ("wumbo", "zibble", "quax")]))
+    assert [j["mark"] for j in judged] == ["eye", "band", "cross"]
