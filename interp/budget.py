@@ -34,6 +34,7 @@ from interp.sites import meta_twin
 
 
 Lines = tuple[tuple[int, int], ...]  # (constant bytes, bytes per batch row) of each moment of a forward
+HEAP = 1.5  # resident bytes per live byte in a CPU denoiser pass (glibc keeps freed blocks; bench/memory.py)
 
 
 @dataclass(frozen=True)
@@ -41,23 +42,40 @@ class Estimate:
     """Bytes a pipeline call needs beyond the weights, as a function of the runs it batches.
 
     A forward's memory at any moment is a constant (a kernel's copy of its weight) plus bytes that
-    grow with the batch (activations); `denoise` and `decode` keep those moments that can be the
+    grow with the batch (activations); `denoise` and `decode` keep the moments that can be the
     peak, as (constant, per batch row) pairs. A run is `rows` denoiser rows (2 with guidance) and
     one decoded image; `sliced_decode`: the VAE decodes one image at a time (`decode` is () without
-    a VAE).
+    a VAE). `heap` is the resident memory per live byte of the denoiser pass: on CPU, glibc keeps
+    freed blocks under its mmap threshold (32 MiB) for reuse, and fragmentation between a block's
+    transients leaves resident memory above the live bytes (measured 1.4-1.6x for SD-width UNets
+    by `bench/memory.py`); that heap also stays resident while the VAE decodes. 1 on other devices.
     """
 
     denoise: Lines
     rows: int
     decode: Lines = ()
     sliced_decode: bool = False
+    heap: float = 1.0
+
+    @property
+    def _live(self) -> int:
+        """The denoiser's most live bytes per run."""
+        return self.rows * max(per_row for _, per_row in self.denoise)
+
+    @property
+    def _decode_image(self) -> int:
+        return max((per_image for _, per_image in self.decode), default=0)
+
+    @property
+    def _kept(self) -> int:
+        """Per run: what the denoiser pass leaves resident during the decode."""
+        return self._live if self.heap > 1 else 0
 
     @property
     def per_run(self) -> int:
-        """What each run adds to the peak of a call: its activations at the worst moment."""
-        denoise = self.rows * max(per_row for _, per_row in self.denoise)
-        decode = 0 if self.sliced_decode else max((per_image for _, per_image in self.decode), default=0)
-        return max(denoise, decode)
+        """What each run adds to the peak of a call."""
+        decode = self._kept + (0 if self.sliced_decode else self._decode_image)
+        return max(int(self.heap * self._live), decode)
 
     @property
     def fixed(self) -> int:
@@ -66,12 +84,14 @@ class Estimate:
 
     def peak(self, runs: int) -> int:
         """Estimated peak bytes above the weights of a call batching `runs` runs."""
+        denoise = max(a + int(self.heap * runs * self.rows * c) for a, c in self.denoise)
+        if not self.decode:
+            return denoise
         images = 1 if self.sliced_decode else runs
-        return max(max(a + runs * self.rows * c for a, c in self.denoise),
-                   max((a + images * c for a, c in self.decode), default=0))
+        return max(denoise, runs * self._kept + max(a + images * c for a, c in self.decode))
 
     def runs_within(self, budget_bytes: float) -> int:
-        """The most runs whose activations fit `budget_bytes` (at least 1); the constants (kernel
+        """The most runs whose per-run bytes fit `budget_bytes` (at least 1); the constants (kernel
         copies of weights, one image of a sliced decode) come on top, like the weights."""
         return max(1, int(budget_bytes // self.per_run))
 
@@ -115,7 +135,7 @@ def _estimate(model: Model, height: int, width: int, cfg: bool, vae: Any, sliced
         vae_twin = meta_twin(vae)
         latents = torch.zeros(1, vae.config.get("latent_channels", 4), latent_h, latent_w, device="meta")
         decode = forward_lines(lambda: vae_twin.decode(latents), _on_cpu(vae), vae.dtype)
-    return Estimate(denoise, 2 if cfg else 1, decode, sliced)
+    return Estimate(denoise, 2 if cfg else 1, decode, sliced, HEAP if cpu else 1.0)
 
 
 def _on_cpu(module: torch.nn.Module) -> bool:

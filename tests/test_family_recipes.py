@@ -53,11 +53,11 @@ def check_round_trip(model: interp.Model, edit: Edit, expected: set[str]) -> Non
 
 def test_traces_have_one_cell_per_site(family, scorer) -> None:
     denoiser = [s.name for s in family.sites() if not s.is_text]
-    unet = trace_unet(family, PROMPT, "van gogh", scorer=scorer, **FAST)
+    unet = trace_unet(family, PROMPT, "van gogh", scorer=scorer, samples=1, **FAST)
     assert unet.coords["site"] == denoiser and unet.scores["restored"].shape == (1, len(denoiser))
     last = family.locate(PROMPT, "van gogh").last
     text = trace_text_encoder(family, PROMPT, "van gogh", kinds=("text-hidden",), tokens=(last,), scorer=scorer,
-                              **FAST)
+                              samples=1, **FAST)
     hidden = family.sites("text-hidden")  # every encoder's layers
     assert len(hidden) == sum(e.config.num_hidden_layers for e in family.text_encoders)
     assert text.scores["restored"].shape == (1, len(hidden), 1)
