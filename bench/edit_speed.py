@@ -10,7 +10,13 @@ Measured in one run:
     (`interventions.diffquickfix.edit` end to end), LoCoEdit < 1 s (its collection and solve, on
     stand-in SD1.5-shaped to_k/to_v weights), and 100 concepts in one edit < 3x one (solve + apply;
     collection grows with the number of prompts).
-Run from the repository root: ``python -m bench.edit_speed [--threads N]``. On a machine whose
+(d) old against new, in one run: DiffQuickFix at 100 concepts (one shared "painting"), collection
+    and whole edit, against the former collection that encoded the shared new prompts once per
+    concept (kept below, only here); LoCoEdit on all 16 SD1.5 layers, one concept and 100, against
+    the former d x d solve of whole float64 weights; each with its error against the float64 formula
+    (relative to the update and to the weight). Also a two-GEMM `solve_closed_form` (K^T R =
+    K^T V - K^T K W^T), a prototype for `interp.editing`.
+Run from the repository root: ``python -m bench.edit_speed [--threads N] [--compare-only]``. On a machine whose
 cores are busy with other work, 2 OpenMP threads can be 10x slower than 1, so use ``--threads 1``
 there and read the CPU-time column; the load average is printed so the numbers can be read against it.
 """
@@ -30,7 +36,7 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 import interp
-from interp.editing import Edit, solve_closed_form
+from interp.editing import Edit, solve_closed_form, solve_shared_keys
 from interp.model import Model
 from interventions import diffquickfix, edits, locoedit
 from models.testing import dummy_sd_pipeline
@@ -54,6 +60,7 @@ SD15_CROSS_ATTENTION = (
 )
 SD15_WIDTHS = (320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 1280, 640, 640, 640, 320, 320, 320)
 LOCOGEN_WINDOW = (8, 9)  # the style window LoCoGen finds in SD1.5
+CONCEPTS = tuple(f"style{a}{b}" for a in "abcd" for b in "abcdefghijklmnopqrstuvwxy")  # 100 one-token concepts
 
 
 class Timing(NamedTuple):
@@ -157,9 +164,116 @@ def locoedit_whole(model: Model, stub: nn.Module) -> None:
     locoedit_solve(stub, keys, targets)
 
 
+# --- (d) old against new -----------------------------------------------------------------------
+# The former paths, kept here only for the comparison.
+
+
+def former_dqf_collect(model: Model, old, new, layer: int, templates) -> tuple[Tensor, Tensor]:
+    """DiffQuickFix's former collection: every (old, new) pair's two prompts, repeats included."""
+    component, path = diffquickfix.out_proj(model, layer)
+    placed = [(edits.place(model, t, o, 0), edits.place(model, t, n, 0)) for o, n in edits.pairs(old, new)
+              for t in templates]
+    inputs = diffquickfix._inputs(model, component, path, [p.prompt for row in placed for p in row])
+    weight = model.components[component].get_submodule(path).weight.detach()
+    keys, values = [], []
+    for i, (old_placed, new_placed) in enumerate(placed):
+        key_positions, value_positions = edits.aligned(diffquickfix.POSITIONS, old_placed, new_placed)
+        keys.append(inputs[2 * i, key_positions])
+        values.append(inputs[2 * i + 1, value_positions] @ weight.T)
+    return torch.cat(keys), torch.cat(values)
+
+
+def former_locoedit_solve(k_weights, v_weights, keys: Tensor, targets: Tensor, lam: float = LAM) -> dict[str, Tensor]:
+    """LoCoEdit's former solve: values W' t, then the d x d float64 solve of the stacked weights."""
+    solved = {}
+    for weights in (k_weights, v_weights):
+        values = {name: targets.to(w.dtype) @ w.detach().T for name, w in weights.items()}
+        solved.update(solve_shared_keys(weights, keys, values, lam))
+    return solved
+
+
+def two_gemm_solve(weight: Tensor, keys: Tensor, values: Tensor, lam: float) -> Tensor:
+    """`solve_closed_form` for n > out without the residual GEMM: K^T R = K^T V - (K^T K) W^T."""
+    w, k, v = weight.detach().double(), keys.double(), values.double()
+    gram = k.T @ k
+    rhs = torch.addmm(k.T @ v, gram, w.T, alpha=-1.0)  # (in, out)
+    gram.diagonal().add_(lam)
+    return (w + torch.linalg.solve(gram, rhs).T).to(weight.dtype)
+
+
+def locoedit_reference(weights: dict[str, Tensor], keys: Tensor, targets: Tensor, lam: float) -> dict[str, Tensor]:
+    """The float64 formula W* = W' + ((T - K) W'^T)^T K (lam I + K^T K)^-1, every matrix in float64."""
+    k, t = keys.double(), targets.double()
+    gain = torch.linalg.solve(lam * torch.eye(k.shape[1], dtype=torch.float64) + k.T @ k, k.T).T  # K A^-1
+    return {n: w.detach().double() + ((t - k) @ w.detach().double().T).T @ gain for n, w in weights.items()}
+
+
+def errors(solved: dict[str, Tensor], reference: dict[str, Tensor], weights: dict[str, Tensor]) -> tuple[float, float]:
+    """Largest error against the float64 reference, relative to the update and to the weight."""
+    update = max(float((solved[n].double() - reference[n]).norm() / (reference[n] - weights[n].double()).norm())
+                 for n in reference)
+    weight = max(float((solved[n].double() - reference[n]).norm() / reference[n].norm()) for n in reference)
+    return update, weight
+
+
+def old_against_new(model: Model, stub: nn.Module) -> None:
+    """(d): DiffQuickFix at 100 concepts and LoCoEdit on all 16 layers, former path against current."""
+    concepts = list(CONCEPTS)
+    print(f"\n(d) old against new ({os.getloadavg()[0]:.1f} load average)")
+
+    def new_collect() -> tuple[Tensor, Tensor]:
+        return diffquickfix.collect_pairs(model, concepts, NEW, OUT_PROJ_LAYER, DIFFQUICKFIX_TEMPLATES)
+
+    def old_collect() -> tuple[Tensor, Tensor]:
+        return former_dqf_collect(model, concepts, NEW, OUT_PROJ_LAYER, DIFFQUICKFIX_TEMPLATES)
+
+    (k_new, v_new), (k_old, v_old) = new_collect(), old_collect()
+    same = max(float((k_new - k_old).abs().max()), float((v_new - v_old).abs().max()))
+    weight = model.pipe.text_encoder.get_parameter(OUT_PROJ)
+    t = {"collect old": timed(old_collect, 3), "collect new": timed(new_collect, 3)}
+    t["solve (3 GEMMs, interp.editing)"] = timed(lambda: solve_closed_form(weight, k_new, v_new, LAM), 3)
+    t["solve (2 GEMMs, prototype)"] = timed(lambda: two_gemm_solve(weight, k_new, v_new, LAM), 3)
+    reference = two_gemm_solve(weight.double(), k_new.double(), v_new.double(), LAM)
+    exact = {OUT_PROJ: reference}
+    for label, got in (("3 GEMMs", solve_closed_form(weight, k_new, v_new, LAM)),
+                       ("2 GEMMs", two_gemm_solve(weight, k_new, v_new, LAM))):
+        update, whole = errors({OUT_PROJ: got}, exact, {OUT_PROJ: weight})
+        print(f"  DiffQuickFix solve, {label}: error {update:.1e} of the update, {whole:.1e} of the weight")
+    t["edit old (old collect + solve)"] = timed(
+        lambda: solve_closed_form(weight, *old_collect(), LAM), 3)
+    t["edit new (diffquickfix.edit)"] = timed(
+        lambda: diffquickfix.edit(model, concepts, NEW, OUT_PROJ_LAYER, LAM, DIFFQUICKFIX_TEMPLATES), 3)
+    print(f"  DiffQuickFix, 100 concepts -> '{NEW}', {len(k_new)} keys; old and new keys/values differ by "
+          f"at most {same:.1e}")
+    for label, timing in t.items():
+        print(f"    {label:<34} wall {timing.wall * 1000:8.1f} ms  cpu {timing.cpu * 1000:8.1f} ms")
+    for label, a, b in (("collection", "collect old", "collect new"),
+                        ("whole edit", "edit old (old collect + solve)", "edit new (diffquickfix.edit)"),
+                        ("solve, 2 GEMMs", "solve (3 GEMMs, interp.editing)", "solve (2 GEMMs, prototype)")):
+        print(f"  DiffQuickFix {label} old/new: wall {t[a].wall / t[b].wall:.2f}x, cpu {t[a].cpu / t[b].cpu:.2f}x")
+
+    k_weights, v_weights = kv_weights(stub)
+    weights = {**k_weights, **v_weights}
+    for label, old in (("1 concept", OLD), ("100 concepts", concepts)):
+        collected = locoedit.collect(model, old, NEW, LOCOEDIT_TEMPLATES, LOCOEDIT_TARGET, layers=0)
+        keys, targets = next(iter(collected.values()))
+        reference = locoedit_reference(weights, keys, targets, LAM)
+        former = former_locoedit_solve(k_weights, v_weights, keys, targets)
+        current = locoedit.solve(k_weights, v_weights, keys, targets, LAM, LAM)
+        old_t = timed(lambda: former_locoedit_solve(k_weights, v_weights, keys, targets), 3)
+        new_t = timed(lambda: locoedit.solve(k_weights, v_weights, keys, targets, LAM, LAM), 3)
+        print(f"  LoCoEdit all 16 layers (32 matrices), {label} ({len(keys)} keys): old {old_t.wall * 1000:.1f} ms "
+              f"(cpu {old_t.cpu * 1000:.1f}), new {new_t.wall * 1000:.1f} ms (cpu {new_t.cpu * 1000:.1f}): "
+              f"wall {old_t.wall / new_t.wall:.2f}x, cpu {old_t.cpu / new_t.cpu:.2f}x")
+        for name, solved in (("old", former), ("new", current)):
+            update, whole = errors(solved, reference, weights)
+            print(f"    {name} error against float64: {update:.1e} of the update, {whole:.1e} of the weight")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--compare-only", action="store_true", help="only (d): old against new")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -168,13 +282,17 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n"
     )
     words = {w for t in (*DIFFQUICKFIX_TEMPLATES, *LOCOEDIT_TEMPLATES) for w in t.format(f"{OLD} {NEW}").split()}
-    tokenizer = build_clip_tokenizer(sorted(words), max_length=77)
+    tokenizer = build_clip_tokenizer(sorted(words | set(CONCEPTS)), max_length=77)
     start = time.perf_counter()
     model = vit_l14_model(tokenizer)
     model.sites()  # the one-off meta pass that orders sites, outside the timings
     print(f"built ViT-L/14 text encoder (random weights) in {time.perf_counter() - start:.1f} s")
     window, all_layers = cross_attention_stub(LOCOGEN_WINDOW), cross_attention_stub(tuple(range(16)))
     g = torch.Generator().manual_seed(0)
+    if args.compare_only:
+        old_against_new(model, all_layers)
+        print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
+        return
 
     # (b) key/value collection through the full-size text encoder, by the recipes' own functions.
     def dqf_collect() -> tuple[Tensor, Tensor]:
@@ -203,6 +321,7 @@ def main() -> None:
     t["dqf_total"] = timed(lambda: diffquickfix_whole(model))
     t["loco_total"] = timed(lambda: locoedit_whole(model, window))
     report(t, len(keys))
+    old_against_new(model, all_layers)
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -84,11 +84,18 @@ class Estimate:
 
     def peak(self, runs: int) -> int:
         """Estimated peak bytes above the weights of a call batching `runs` runs."""
-        denoise = max(a + int(self.heap * runs * self.rows * c) for a, c in self.denoise)
+        return max(self.denoise_peak(runs), self.decode_peak(runs))
+
+    def denoise_peak(self, runs: int) -> int:
+        """The estimated peak while denoising `runs` runs."""
+        return max(a + int(self.heap * runs * self.rows * c) for a, c in self.denoise)
+
+    def decode_peak(self, runs: int) -> int:
+        """The estimated peak while decoding `runs` images (0 without a VAE)."""
         if not self.decode:
-            return denoise
+            return 0
         images = 1 if self.sliced_decode else runs
-        return max(denoise, runs * self._kept + max(a + images * c for a, c in self.decode))
+        return runs * self._kept + max(a + images * c for a, c in self.decode)
 
     def runs_within(self, budget_bytes: float) -> int:
         """The most runs whose per-run bytes fit `budget_bytes` (at least 1); the constants (kernel
@@ -139,7 +146,8 @@ def _estimate(model: Model, height: int, width: int, cfg: bool, vae: Any, sliced
 
 
 def _on_cpu(module: torch.nn.Module) -> bool:
-    return next(module.parameters()).device.type == "cpu"
+    """Whether `module` runs on CPU kernels (a meta-device model is planned as if on CPU)."""
+    return next(module.parameters()).device.type in ("cpu", "meta")
 
 
 def _processor_kinds(module: torch.nn.Module) -> tuple[str, ...]:

@@ -192,7 +192,7 @@ def causal_state_verdict(result: TraceResult, state: tuple[str, str] = CAUSAL_ST
     other state's; otherwise the sentence says which state leads and where `state` stands."""
     mean, low, high, n = (a.ravel() for a in result.ie_interval())
     cells = result.cells()
-    where = f"{state[0]} at the {state[1]} token"
+    where = _state(*state)
     if state not in cells:
         return f"{where} was not traced, so the paper's single causal state cannot be checked here."
     i = cells.index(state)
@@ -203,7 +203,7 @@ def causal_state_verdict(result: TraceResult, state: tuple[str, str] = CAUSAL_ST
     own = f"{mean[i]:+.3f} [{low[i]:+.3f}, {high[i]:+.3f}] (n={int(n[i])})"
 
     def described(j: int) -> str:
-        return f"{cells[j][0]} at the {cells[j][1]} token, {mean[j]:+.3f} [{low[j]:+.3f}, {high[j]:+.3f}]"
+        return f"{_state(*cells[j])}, {mean[j]:+.3f} [{low[j]:+.3f}, {high[j]:+.3f}]"
 
     if traced[0] == i and not overlapping:
         return (f"Holds: {where} has the largest indirect effect, {own}, and its 95% interval lies above "
@@ -213,3 +213,8 @@ def causal_state_verdict(result: TraceResult, state: tuple[str, str] = CAUSAL_ST
                 f"overlaps those of {len(overlapping)} other state(s), the closest {described(overlapping[0])}.")
     return (f"Does not hold: the largest indirect effect is {described(traced[0])}; {where} ranks "
             f"{traced.index(i) + 1} of {len(traced)} with {own}.")
+
+
+def _state(site: str, token: str) -> str:
+    """'text-self-attn-0 at the last subject token'; ROME's role "last" is the prompt's final token (EOS)."""
+    return f"{site} at the {'final token (EOS)' if token == 'last' else f'{token} token'}"

@@ -154,37 +154,45 @@ def low_rank_solve(
 
     W* = W' + R^T K A^-1 with A = lam I + K^T K + w P^T P and residuals R = (T - K) W'^T (the
     preservation rows have none). Stacking S = [K; sqrt(w) P] (r rows), K A^-1 is the first n rows
-    of (lam I_r + S S^T)^-1 S (push-through identity), an r x r float64 solve; only S is converted.
-    The residuals and the rank-n update are in the weight's precision (float32 at least), which
-    keeps the result as close to the float64 formula as the d x d solve."""
+    of (lam I_r + S S^T)^-1 S (push-through identity): an r x r float64 solve. The residuals and
+    the update are float64 too (the solve amplifies their rounding when keys are nearly collinear),
+    but each weight is converted a block of rows at a time, so no float64 copy of a whole matrix
+    is made; results are in each weight's dtype and device.
+    """
     _check_positive("lam", lam)
     _check_positive("preserve_lam", preserve_weight, PRESERVE_ROLE)
     _check_matrix("keys", keys, None, "")
     _check_matrix("targets", targets, keys.shape[1], f"the keys {tuple(keys.shape)}")
     if len(targets) != len(keys):
         raise EditInputError(f"keys {tuple(keys.shape)} and targets {tuple(targets.shape)} need one target per key")
+    if preserve_keys is not None:
+        _check_matrix("preserve_keys", preserve_keys, keys.shape[1], "the keys' size")
     for name, weight in weights.items():
         _check_matrix(f"weight {name!r}", weight, keys.shape[1], f"the keys {tuple(keys.shape)}")
     solved: dict[str, Tensor] = {}
-    factors: dict[tuple, tuple[Tensor, Tensor]] = {}  # (device, dtype) -> (T - K, K A^-1) there
+    factors: dict[torch.device, tuple[Tensor, Tensor]] = {}  # device -> ((T - K)^T, K A^-1) there
     for name, weight in weights.items():
         w = weight.detach()
-        work = torch.promote_types(w.dtype, torch.float32)
-        where = (w.device, work)
-        if where not in factors:
+        if w.device not in factors:
             k = _float64("keys", keys, w.device)
             stacked = k
             if preserve_keys is not None:
-                _check_matrix("preserve_keys", preserve_keys, keys.shape[1], "the keys' size")
                 stacked = torch.cat([k, preserve_weight ** 0.5 * _float64("preserve_keys", preserve_keys, w.device)])
             system = torch.addmm(torch.eye(len(stacked), dtype=torch.float64, device=w.device), stacked, stacked.T,
                                  beta=lam)
-            solution = torch.linalg.solve(system, stacked)[: len(keys)]
-            factors[where] = ((_float64("targets", targets, w.device) - k).to(work), solution.to(work))
-        difference, solution = factors[where]
-        residual = difference @ w.to(work).T  # (n, out): W' t - W' k
-        solved[name] = torch.addmm(w.to(work), residual.T, solution).to(weight.dtype)
+            gain = torch.linalg.solve(system, stacked)[: len(keys)]
+            factors[w.device] = ((_float64("targets", targets, w.device) - k).T.contiguous(), gain)
+        difference, gain = factors[w.device]
+        out = torch.empty_like(w)
+        for rows in range(0, len(w), _BLOCK_ROWS):
+            block = w[rows : rows + _BLOCK_ROWS].to(torch.float64)
+            residual = block @ difference  # (rows, n): R^T for these outputs
+            out[rows : rows + _BLOCK_ROWS] = torch.addmm(block, residual, gain)
+        solved[name] = out
     return solved
+
+
+_BLOCK_ROWS = 128  # rows of a weight converted to float64 at once (128 x 768 float64: 768 KiB)
 
 
 def collect(

@@ -1,0 +1,109 @@
+"""Benchmark: causal tracing at native resolution (SD1.5 width, 512 px), three ways, in one run.
+
+  batched - one graph of the clean run and N restored runs, executed by `interp.runner.run` with
+            its default memory budget (the chunk plan it chose is printed);
+  papers  - for each site, a graph of [clean, corrupted + restore(site)]: the clean generation is
+            repeated every time, as the papers' scripts do;
+  cached  - the clean run once, capturing every site at every step, then for each site one
+            corrupted run that sets the site to the captured clean activation: a per-site loop
+            reusing a cached clean run, the honest anchor where a UNet row costs the same in any
+            batch size (CPU at 512 px).
+The pipeline is `bench.overhead`'s: SD1.5's UNet and CLIP ViT-L/14 from their configs, random
+weights, a small VAE (decoding is not what is measured). In rows of the UNet, batched computes
+N + chunks runs, papers 2N, cached N + 1: so on CPU batched can only beat papers by
+2N / (N + chunks) and match cached when it is one chunk (or the runner computes the clean run once
+across chunks). Targets (issue 19): batched >= 1.8x papers and >= 1.0x cached at 16 sites.
+
+Run from the repository root: ``python -m bench.native [--sites 16] [--steps 2] [--size 512]``;
+each 512 px UNet row costs tens of seconds of one core, so use few sites and steps on a busy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import interp
+from bench.overhead import sd15_width_pipeline
+from bench.timing import load_note
+from interp.budget import estimate, runs_per_chunk
+from interp.graph import Capture, Graph, Noise, Restore, Run, Set
+from interp.runner import plan_chunks, run
+
+PROMPT, SUBJECT = "a photo of a cat in the style of van gogh", "van gogh"
+BUDGET_GB = 4.0  # the runner's default memory_budget_gb
+
+
+def spread(items: list[str], n: int) -> list[str]:
+    """`n` items evenly spaced along `items` (every resolution of the UNet gets sites)."""
+    if n >= len(items):
+        return items
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)] if n > 1 else items[:1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sites", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    model = interp.load(sd15_width_pipeline())
+    size, steps = args.size, args.steps
+    sites = spread([s.name for s in model.sites() if not s.is_text and s.kind != "latent"], args.sites)
+    noise = Noise("text-embed", tokens=model.locate(PROMPT, SUBJECT).positions, std=3.0)
+    clean = Run("clean", PROMPT, steps=steps, height=size, width=size)
+
+    def traced(site: str, ops: list | None = None) -> Run:
+        return Run(site, PROMPT, steps=steps, height=size, width=size,
+                   ops=[noise, *(ops if ops is not None else [Restore(site, source="clean")])])
+
+    graph = Graph([clean, *map(traced, sites)])
+    per_chunk = runs_per_chunk(model, size, size, clean.cfg, BUDGET_GB * 2**30)
+    chunks = list(plan_chunks(graph, lambda _: per_chunk))
+    e = estimate(model, size, size, clean.cfg)
+    print(f"SD1.5-width UNet, {size} px, {steps} steps, {len(sites)} sites, CFG; torch {torch.get_num_threads()} "
+          f"thread(s); {load_note()}")
+    print(f"runner's plan at its default {BUDGET_GB} GB budget: estimate {e.per_run / 2**20:.0f} MiB a run -> "
+          f"{per_chunk} runs a chunk -> {len(chunks)} chunk(s) of {[len(c) for c in chunks]} runs "
+          f"({sum(map(len, chunks))} runs computed for {len(graph.runs)})")
+
+    def batched() -> dict[str, torch.Tensor]:
+        return run(model, graph, progress=False).images
+
+    def papers() -> dict[str, torch.Tensor]:
+        return {s: run(model, Graph([clean, traced(s)]), progress=False).images[s] for s in sites}
+
+    def cached() -> dict[str, torch.Tensor]:
+        source = run(model, Graph([Run("clean", PROMPT, steps=steps, height=size, width=size,
+                                       ops=[Capture(s) for s in sites])]), progress=False)
+        captured, calls = source.captures["clean"], source.calls["clean"]
+        images = {}
+        for s in sites:
+            sets = [Set(s, value=captured[s][i], steps=(step,)) for i, (step, _) in enumerate(calls[s])]
+            images[s] = run(model, Graph([traced(s, sets)]), progress=False).images[s]
+        return images
+
+    times, images = {}, {}
+    for name, fn in (("batched", batched), ("papers", papers), ("cached", cached)):
+        start = time.perf_counter()
+        images[name] = fn()
+        times[name] = time.perf_counter() - start
+        print(f"  {name:8} {times[name]:8.1f} s   ({load_note()})", flush=True)
+    for name in ("papers", "cached"):
+        worst = max((images[name][s] - images["batched"][s]).abs().max().item() for s in sites)
+        print(f"  {name} vs batched: max |image difference| {worst:.1e}")
+    to_papers, to_cached = times["papers"] / times["batched"], times["cached"] / times["batched"]
+    print(f"batched vs papers: {to_papers:.2f}x (target >= 1.8x: {'met' if to_papers >= 1.8 else 'MISSED'}; "
+          f"rows computed {2 * len(sites)} vs {sum(map(len, chunks))})")
+    print(f"batched vs cached clean loop: {to_cached:.2f}x (target >= 1.0x: {'met' if to_cached >= 1.0 else 'MISSED'}; "
+          f"rows computed {len(sites) + 1} vs {sum(map(len, chunks))})")
+
+
+if __name__ == "__main__":
+    main()
