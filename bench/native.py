@@ -72,6 +72,9 @@ def main() -> None:
     print(f"runner's plan at its default {BUDGET_GB} GB budget: estimate {e.per_run / 2**20:.0f} MiB a run -> "
           f"{per_chunk} runs a chunk -> {len(chunks)} chunk(s) of {[len(c) for c in chunks]} runs "
           f"({sum(map(len, chunks))} runs computed for {len(graph.runs)})")
+    for n in sorted({16, 70} - {len(sites)}):
+        planned = list(plan_chunks(Graph([clean, *map(traced, [f"s{i}" for i in range(n)])]), lambda _: per_chunk))
+        print(f"  (at {n} sites it would be {len(planned)} chunk(s), {sum(map(len, planned))} runs for {n + 1})")
 
     def batched() -> dict[str, torch.Tensor]:
         return run(model, graph, progress=False).images

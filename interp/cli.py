@@ -324,7 +324,7 @@ def edit(
     preserve: List[str] = typer.Option([], help="a prompt whose states the edit must keep (repeat)"),
     preserve_file: Optional[Path] = typer.Option(None, help="a text file of prompts to preserve, one per line"),
     preserve_weight: Optional[float] = typer.Option(None, help="weight of keeping the preserved prompts against "
-                                                    "the edit (default 1; 10 with the tiny model's defaults)"),
+                                                    "the edit (default 1)"),
     lora: Optional[Path] = typer.Option(None, help="also export the edit as a diffusers LoRA adapter into this "
                                                    "folder (pipe.load_lora_weights(folder))"),
 ) -> None:
@@ -332,10 +332,11 @@ def edit(
 
     On the tiny model, without --template / --preserve the world's own phrasings and its neighbouring
     concepts are used (models/tiny/edit_defaults.py)."""
-    options = dict(preserve=preserve + _lines(preserve_file), preserve_weight=preserve_weight or 1.0)
-    options.update({k: v for k, v in (("templates", template), ("positions", positions)) if v})  # else the method's
+    given = {"preserve": preserve + _lines(preserve_file), "preserve_weight": preserve_weight,
+             "templates": template, "positions": positions}
+    options = {k: v for k, v in given.items() if v}  # else the method's own (or the tiny world's) default
     if model == "tiny":
-        options = {**_tiny_edit_defaults(method, old, new, preserve_weight), **{k: v for k, v in options.items() if v}}
+        options = {**_tiny_edit_defaults(method, old, new), **options}
     loaded = _load(model)
     if method is Method.diffquickfix:
         if layer:
@@ -367,13 +368,12 @@ def edit(
                    f"pipe.load_lora_weights({str(lora)!r}))")
 
 
-def _tiny_edit_defaults(method: Method, old: List[str], new: str, preserve_weight: Optional[float]) -> dict:
-    """The tiny world's key templates, preservation prompts and key positions for this edit."""
+def _tiny_edit_defaults(method: Method, old: List[str], new: str) -> dict:
+    """The tiny world's key templates, preservation prompts, their weight and key positions for this edit."""
     from models.tiny import edit_defaults
 
     return dict(templates=edit_defaults.key_templates(old), preserve=edit_defaults.preserved(old, [new]),
-                preserve_weight=preserve_weight or edit_defaults.PRESERVE_WEIGHT,
-                positions=edit_defaults.POSITIONS[method.value])
+                preserve_weight=edit_defaults.PRESERVE_WEIGHT, positions=edit_defaults.POSITIONS[method.value])
 
 
 def _lines(path: Optional[Path]) -> list[str]:

@@ -14,7 +14,7 @@ from models.tiny.scenes import NAMED, STYLE_TEMPLATES, STYLES
 
 STYLE_KEYS = ("in the style of {}", "a painting by {}", "a {} painting of a circle")
 NAME_KEYS = ("{}", "a picture of {}", "{} in the style of pollock")
-PRESERVE_WEIGHT = 10.0  # keeping the neighbours weighs as much as 10 copies of the edit's keys
+PRESERVE_WEIGHT = 1.0  # the docs/edits were made with it; 10 stops the fact update from taking
 POSITIONS = {"diffquickfix": "from-subject", "locoedit": "subject+eos"}
 _SUBJECTS = ("a red circle", "two blue houses")
 _PLAIN = ("a red circle", "two blue squares", "a picture of a green star", "a yellow triangle in the style of painting",
