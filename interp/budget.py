@@ -1,21 +1,25 @@
 """How many runs fit in one batched pipeline call under a memory budget.
 
-The estimate replays one denoiser forward (and one VAE decode) on meta-device twins, at the run's
-latent size and one batch row, and records the peak of the bytes held by live tensors, as an
-allocator would see them: a tensor's storage counts from the op that makes it until the last
-tensor viewing it is gone. Scaled by the rows a run takes (two with classifier-free guidance),
-that is what each run adds while denoising; a decode adds one image's peak per run (or once, when
-the VAE decodes slice by slice).
+The estimate replays one denoiser forward and one VAE decode on meta-device twins (no compute, no
+memory), at the run's latent size and a batch of one, and follows the bytes of live tensors: a
+storage counts from the op that makes it until the last tensor viewing it is gone. Each moment of
+the pass is a constant plus bytes per batch row, so one pass gives the peak for any batch: the
+denoiser's rows are 2 per run with classifier-free guidance, the decode's one image per run (or one
+in all when the VAE decodes slice by slice).
 
-Attention is counted as the kernels in use compute it: `F.scaled_dot_product_attention` is fused
-(flash / memory-efficient on CUDA, the flash kernel on CPU) and holds only its output, never the
-(tokens x tokens) score matrices; an attention processor that forms scores itself (bmm + softmax)
-is counted as written, since its ops run on the twin. On top of the runs comes `fixed`: the largest
-weight once, the transient copy a CPU convolution or matmul kernel makes of its weight.
+What the kernels in use hold, as measured on CPU (`bench/memory.py`):
+- `F.scaled_dot_product_attention` is fused (flash on CPU, flash / memory-efficient on CUDA) and
+  holds only its output, never the (tokens x tokens) scores; an attention processor that forms
+  scores itself (bmm + softmax) is counted as written, since its ops run on the twin;
+- a CPU convolution (oneDNN) also holds a copy of its weight, reordered into a blocked layout for
+  the call: the largest weight's copy is the `fixed` part of the estimate;
+- glibc keeps freed blocks under its mmap threshold (32 MiB) resident for reuse: a CPU pass holds
+  up to `HEAP` times its live bytes (at most `SLACK` more), and part of the denoiser's heap (at
+  most `KEPT`) is still resident while the VAE decodes. Larger blocks are mmapped and returned.
 
-The estimate is computed once per (denoiser, size, guidance, dtype, decode mode) and cached. It
-covers the denoising loop and the decode, not the text encoders (77 tokens a row) nor captures a
-graph keeps; pass `chunk_size` to the runner to override it.
+Computed once per (denoiser, size, guidance, dtype, device, decode mode) and cached. Not counted:
+the text encoders (77 tokens a row) and the captures a graph keeps. Pass `chunk_size` to the runner
+to override the plan.
 """
 
 from __future__ import annotations
@@ -34,48 +38,36 @@ from interp.sites import meta_twin
 
 
 Lines = tuple[tuple[int, int], ...]  # (constant bytes, bytes per batch row) of each moment of a forward
-HEAP = 1.5  # resident bytes per live byte in a CPU denoiser pass (glibc keeps freed blocks; bench/memory.py)
+MMAP_THRESHOLD = 32 * 2**20  # glibc's largest mmap threshold: smaller blocks come from its heap
+HEAP = 1.5  # resident bytes per live byte of heap blocks in a CPU pass (freed blocks stay; bench/memory.py)
+SLACK = 3 * MMAP_THRESHOLD  # the most that fragmentation holds above the live bytes in one pass
+KEPT = 8 * MMAP_THRESHOLD  # the most of a denoiser pass's heap still resident while the VAE decodes
 
 
 @dataclass(frozen=True)
 class Estimate:
     """Bytes a pipeline call needs beyond the weights, as a function of the runs it batches.
 
-    A forward's memory at any moment is a constant (a kernel's copy of its weight) plus bytes that
+    A pass's memory at any moment is a constant (a kernel's copy of its weight) plus bytes that
     grow with the batch (activations); `denoise` and `decode` keep the moments that can be the
     peak, as (constant, per batch row) pairs. A run is `rows` denoiser rows (2 with guidance) and
     one decoded image; `sliced_decode`: the VAE decodes one image at a time (`decode` is () without
-    a VAE). `heap` is the resident memory per live byte of the denoiser pass: on CPU, glibc keeps
-    freed blocks under its mmap threshold (32 MiB) for reuse, and fragmentation between a block's
-    transients leaves resident memory above the live bytes (measured 1.4-1.6x for SD-width UNets
-    by `bench/memory.py`); that heap also stays resident while the VAE decodes. 1 on other devices.
+    a VAE). `cpu`: glibc's heap adds to the live bytes: freed blocks under its mmap threshold stay
+    resident for reuse, so a pass holds up to `HEAP` times its live bytes, at most `SLACK` more, and
+    up to `KEPT` of the denoiser's heap is still there while the VAE decodes (`bench/memory.py`).
     """
 
     denoise: Lines
     rows: int
     decode: Lines = ()
     sliced_decode: bool = False
-    heap: float = 1.0
-
-    @property
-    def _live(self) -> int:
-        """The denoiser's most live bytes per run."""
-        return self.rows * max(per_row for _, per_row in self.denoise)
-
-    @property
-    def _decode_image(self) -> int:
-        return max((per_image for _, per_image in self.decode), default=0)
-
-    @property
-    def _kept(self) -> int:
-        """Per run: what the denoiser pass leaves resident during the decode."""
-        return self._live if self.heap > 1 else 0
+    cpu: bool = False
 
     @property
     def per_run(self) -> int:
-        """What each run adds to the peak of a call."""
-        decode = self._kept + (0 if self.sliced_decode else self._decode_image)
-        return max(int(self.heap * self._live), decode)
+        """What each run adds to the peak of a call: its activations at the worst moment."""
+        decode = 0 if self.sliced_decode else max((c for _, c in self.decode), default=0)
+        return max(self.rows * max(c for _, c in self.denoise), decode)
 
     @property
     def fixed(self) -> int:
@@ -88,22 +80,30 @@ class Estimate:
 
     def denoise_peak(self, runs: int) -> int:
         """The estimated peak while denoising `runs` runs."""
-        return max(a + int(self.heap * runs * self.rows * c) for a, c in self.denoise)
+        return _peak(self.denoise, runs * self.rows, self.cpu)
 
     def decode_peak(self, runs: int) -> int:
         """The estimated peak while decoding `runs` images (0 without a VAE)."""
         if not self.decode:
             return 0
-        images = 1 if self.sliced_decode else runs
-        return runs * self._kept + max(a + images * c for a, c in self.decode)
+        kept = min(runs * self.rows * max(c for _, c in self.denoise), KEPT) if self.cpu else 0
+        return kept + _peak(self.decode, 1 if self.sliced_decode else runs, self.cpu)
 
     def runs_within(self, budget_bytes: float) -> int:
         """The most runs whose per-run bytes fit `budget_bytes` (at least 1); the constants (kernel
-        copies of weights, one image of a sliced decode) come on top, like the weights."""
+        copies of weights, the allocator's slack, one image of a sliced decode) come on top, like
+        the weights."""
         return max(1, int(budget_bytes // self.per_run))
 
 
-# denoiser module -> {(height, width, cfg, dtype, sliced decode, processors): Estimate}
+def _peak(lines: Lines, batch: int, cpu: bool) -> int:
+    """The peak of a pass over `batch` rows, with glibc's slack on CPU."""
+    live = batch * max(c for _, c in lines)
+    slack = min(int((HEAP - 1) * live), SLACK) if cpu else 0
+    return max(a + batch * c for a, c in lines) + slack
+
+
+# denoiser module -> {(height, width, cfg, dtype, device, sliced decode, processors): Estimate}
 _CACHE: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, Estimate]] = weakref.WeakKeyDictionary()
 
 
@@ -112,7 +112,8 @@ def estimate(model: Model, height: int, width: int, cfg: bool) -> Estimate:
     denoiser = model.denoiser
     vae = getattr(model.pipe, "vae", None)
     sliced = bool(getattr(vae, "use_slicing", False))
-    key = (height, width, cfg, denoiser.dtype, sliced, _processor_kinds(denoiser))
+    device = next(denoiser.parameters()).device.type
+    key = (height, width, cfg, denoiser.dtype, device, sliced, _processor_kinds(denoiser))
     cached = _CACHE.setdefault(denoiser, {})
     if key not in cached:
         cached[key] = _estimate(model, height, width, cfg, vae, sliced)
@@ -142,7 +143,7 @@ def _estimate(model: Model, height: int, width: int, cfg: bool, vae: Any, sliced
         vae_twin = meta_twin(vae)
         latents = torch.zeros(1, vae.config.get("latent_channels", 4), latent_h, latent_w, device="meta")
         decode = forward_lines(lambda: vae_twin.decode(latents), _on_cpu(vae), vae.dtype)
-    return Estimate(denoise, 2 if cfg else 1, decode, sliced, HEAP if cpu else 1.0)
+    return Estimate(denoise, 2 if cfg else 1, decode, sliced, cpu)
 
 
 def _on_cpu(module: torch.nn.Module) -> bool:
@@ -175,7 +176,7 @@ def forward_lines(forward: Callable[[], object], cpu: bool = True, dtype: torch.
 
     Counted: every tensor storage from the op that makes it until the last tensor viewing it is gone;
     fused scaled-dot-product attention holds only its output; on CPU, a convolution also holds a copy
-    of its weight and of its input (oneDNN reorders both into a blocked layout for the call)."""
+    of its weight (oneDNN reorders it into a blocked layout for the call)."""
     live = _LiveBytes(cpu)
     with torch.no_grad(), _FusedAttention(), live:
         forward()
@@ -234,10 +235,10 @@ class _LiveBytes(TorchDispatchMode):
                 self.live += self._sizes[storage]
             self._views[storage] += 1
             weakref.finalize(tensor, self._release, storage)
-        constant, scratch = 0, 0
+        constant = 0
         if self.cpu and func.overloadpacket is torch.ops.aten.convolution:
-            constant, scratch = _nbytes(args[1]), _nbytes(args[0])
-        self.moments[constant] = max(self.moments.get(constant, 0), self.live + scratch)
+            constant = _nbytes(args[1])  # oneDNN's copy of the weight, in its blocked layout
+        self.moments[constant] = max(self.moments.get(constant, 0), self.live)
         return out
 
     def _release(self, storage: int) -> None:
