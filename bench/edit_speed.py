@@ -210,6 +210,7 @@ def locoedit_reference(weights: dict[str, Tensor], keys: Tensor, targets: Tensor
 
 def errors(solved: dict[str, Tensor], reference: dict[str, Tensor], weights: dict[str, Tensor]) -> tuple[float, float]:
     """Largest error against the float64 reference, relative to the update and to the weight."""
+    solved, weights = {n: t.detach() for n, t in solved.items()}, {n: t.detach() for n, t in weights.items()}
     update = max(float((solved[n].double() - reference[n]).norm() / (reference[n] - weights[n].double()).norm())
                  for n in reference)
     weight = max(float((solved[n].double() - reference[n]).norm() / reference[n].norm()) for n in reference)
@@ -233,7 +234,7 @@ def old_against_new(model: Model, stub: nn.Module) -> None:
     t = {"collect old": timed(old_collect, 3), "collect new": timed(new_collect, 3)}
     t["solve (3 GEMMs, interp.editing)"] = timed(lambda: solve_closed_form(weight, k_new, v_new, LAM), 3)
     t["solve (2 GEMMs, prototype)"] = timed(lambda: two_gemm_solve(weight, k_new, v_new, LAM), 3)
-    reference = two_gemm_solve(weight.double(), k_new.double(), v_new.double(), LAM)
+    reference = two_gemm_solve(weight.detach().double(), k_new.double(), v_new.double(), LAM)
     exact = {OUT_PROJ: reference}
     for label, got in (("3 GEMMs", solve_closed_form(weight, k_new, v_new, LAM)),
                        ("2 GEMMs", two_gemm_solve(weight, k_new, v_new, LAM))):

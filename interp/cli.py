@@ -184,6 +184,7 @@ def demo(
     seeds: int = typer.Option(2, min=1, help="seeds 0 .. n-1 per prompt"),
     samples: int = typer.Option(2, min=1, help="noise samples per (prompt, seed) in the traces"),
     images: int = typer.Option(16, min=1, help="images per group and condition in each edit's evaluation"),
+    chunk_size: int = typer.Option(128, min=1, help="runs per batched pipeline call (larger only pays on a GPU)"),
     clip: Optional[str] = typer.Option(None, help=CLIP_HELP + "; on the tiny model its judge scores unless given"),
     device: str = typer.Option("cpu", help=DEVICE_HELP),
 ) -> None:
@@ -196,7 +197,8 @@ def demo(
     from viz.demo import build_report
 
     start = time.perf_counter()
-    sizes = Sizes(steps=steps, prompts=prompts, seeds=seeds, samples=samples, images_per_group=images)
+    sizes = Sizes(steps=steps, prompts=prompts, seeds=seeds, samples=samples, images_per_group=images,
+                  chunk_size=chunk_size)
     loaded, scorer = _load(model, device), _scorer(clip, model, device)
     data = out.with_name(f"{out.stem}_data")
     results = run_demo(loaded, scorer, sizes, _judge(model), progress=_progress())

@@ -99,7 +99,8 @@ def test_diffquickfix_encodes_each_distinct_prompt_once(model, monkeypatch, posi
     want = former_pairs(model, old, new, 1, diffquickfix.TEMPLATES, positions)
     encoded = []
     real = diffquickfix._inputs
-    monkeypatch.setattr(diffquickfix, "_inputs", lambda m, c, p, prompts: encoded.append(prompts) or real(m, c, p, prompts))
+    monkeypatch.setattr(diffquickfix, "_inputs",
+                        lambda m, c, p, prompts: encoded.append(prompts) or real(m, c, p, prompts))
     keys, values = diffquickfix.collect_pairs(model, old, new, 1, diffquickfix.TEMPLATES, positions=positions)
     [prompts] = encoded
     templates = len(diffquickfix.TEMPLATES)
