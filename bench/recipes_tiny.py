@@ -25,7 +25,7 @@ from interventions.causal_trace import TraceResult, trace_text_encoder, trace_un
 from interventions.evaluate import generate, tiny_judge
 from interventions.locogen import LocalizeResult, localize
 from models.tiny import Scene, caption, is_held_out
-from viz.demo import STYLE_ATTRIBUTE
+STYLE_ATTRIBUTE = "in the style of van gogh"  # what LoCoGen windows are scored against
 
 # (prompt, subject) per attribute; two prompts each for the UNet trace, the first for the text trace.
 TRACE_PROMPTS: dict[str, list[tuple[str, str]]] = {

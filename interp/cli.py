@@ -190,7 +190,7 @@ def demo(
 ) -> None:
     """The main job: trace style, object and color (both UNet protocols, the text encoder by token
     role), localize style, remove it with both editors and evaluate them; write the report and its
-    data. The defaults finish in about 3 minutes on a 2-core CPU with the tiny model."""
+    data. The defaults take about 2 minutes on an idle 2-core CPU with the tiny model."""
     import time
 
     from interventions.demo import Sizes, run_demo

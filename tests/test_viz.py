@@ -5,17 +5,15 @@ import plotly.graph_objects as go
 import pytest
 from plotly.offline import get_plotlyjs
 
+from interp.stats import wilson
 from interventions.causal_trace import TraceResult
 from interventions.demo import causal_state_verdict
 from interventions.edit_eval import Concept, EditEvaluation, Row
 from interventions.locogen import LocalizeResult
-from interp.stats import wilson
-from tests.random_clip import random_clip_scorer
 from viz import (
-    Report, compare_edits, denoiser_site_map, denoiser_site_maps, dit_layout, edit_evaluation, edit_images,
-    evaluation_table, ie_bars, image_grid, locogen_curve, text_encoder_grid, trace_images, unet_layout,
+    Report, denoiser_site_map, denoiser_site_maps, dit_layout, edit_evaluation, evaluation_table, ie_bars, image_grid,
+    locogen_curve, text_encoder_grid, trace_images, unet_layout,
 )
-from viz.comparison import EditComparison
 from viz.style import IE_COLORSCALE
 from viz.traces import interval_labels
 
@@ -170,26 +168,6 @@ def test_trace_images_clean_corrupted_and_top_restored():
     assert len(figure.data) == 8
     captions = [a.text for a in figure.layout.annotations]
     assert captions[:2] == ["clean", "corrupted"] and "up-1-ff-0" in captions[2]
-
-
-@pytest.fixture(scope="module")
-def comparison(model, tmp_path_factory) -> EditComparison:
-    from interventions import diffquickfix
-
-    scorer = random_clip_scorer(tmp_path_factory.mktemp("clip"))
-    edit = diffquickfix.edit(model, "van gogh", "painting")
-    prompts = {"a red circle in the style of van gogh": "edited", "a blue square": "neighbour"}
-    judge = lambda images: [{"style": "van gogh"} for _ in images]  # noqa: E731
-    return compare_edits(model, {"DiffQuickFix": edit}, prompts, scorer, steps=1, judge=judge)
-
-
-def test_compare_edits_generates_each_edit_and_reverts(model, comparison, tmp_path):
-    assert comparison.edits == ["before", "DiffQuickFix"] and comparison.scores["clip"].shape == (2, 2)
-    assert not np.array_equal(comparison.image(0, "before"), comparison.image(0, "DiffQuickFix"))
-    assert comparison.rate("hit", "edited") == {"before": 1.0, "DiffQuickFix": 1.0}
-    assert EditComparison.load(comparison.save(tmp_path / "cmp")) == comparison
-    figure = edit_images(comparison)
-    assert len(figure.data) == 4 and "van gogh: yes" in figure.layout.annotations[0].text
 
 
 def test_report_is_self_contained_with_plotly_inlined_once(tmp_path):

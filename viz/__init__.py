@@ -1,8 +1,7 @@
 """Figures of recipe results (plotly `Figure`s, never shown) and self-contained HTML reports."""
 
-from viz.comparison import EditComparison, compare_edits
 from viz.evaluation import edit_evaluation, evaluation_table
-from viz.images import edit_images, image_grid, trace_images
+from viz.images import image_grid, trace_images
 from viz.locogen import locogen_curve
 from viz.report import Report
 from viz.traces import (
@@ -10,7 +9,6 @@ from viz.traces import (
 )
 
 __all__ = [
-    "EditComparison", "Report", "compare_edits", "denoiser_layout", "denoiser_site_map", "denoiser_site_maps",
-    "dit_layout", "edit_evaluation", "edit_images", "evaluation_table", "ie_bars", "image_grid", "locogen_curve",
-    "text_encoder_grid", "trace_images", "unet_layout",
+    "Report", "denoiser_layout", "denoiser_site_map", "denoiser_site_maps", "dit_layout", "edit_evaluation",
+    "evaluation_table", "ie_bars", "image_grid", "locogen_curve", "text_encoder_grid", "trace_images", "unet_layout",
 ]

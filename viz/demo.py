@@ -12,13 +12,15 @@ import numpy as np
 
 from interp.stats import interval
 from interventions.causal_trace import TraceResult
-from interventions.demo import CAUSAL_STATE, NEW, OLD, TARGET, TEXT_KINDS, DemoResults, causal_state_verdict
+from interventions.demo import (
+    CAUSAL_STATE, NEW, OLD, TARGET, TEXT_KINDS, DemoResults, causal_state_verdict, state_name,
+)
 from interventions.locogen import LocalizeResult
 from viz.evaluation import edit_evaluation, evaluation_table
 from viz.images import trace_images
 from viz.locogen import locogen_curve
 from viz.report import Report
-from viz.traces import denoiser_site_maps, ie_bars, text_encoder_grid, token_label
+from viz.traces import denoiser_site_maps, ie_bars, text_encoder_grid
 
 
 def design(result: TraceResult) -> str:
@@ -36,8 +38,8 @@ def _top(result: TraceResult) -> str:
     cells = result.cells()
     mean, low, high, n = (a.ravel() for a in result.ie_interval())
     i = cells.index(found[0][0])
-    return (f"{' @ '.join(token_label(x) for x in found[0][0])} {mean[i]:+.3f} [{low[i]:+.3f}, {high[i]:+.3f}] "
-            f"(n={int(n[i])})")
+    name = state_name(*found[0][0]) if len(found[0][0]) == 2 else found[0][0][0]
+    return f"{name} {mean[i]:+.3f} [{low[i]:+.3f}, {high[i]:+.3f}] (n={int(n[i])})"
 
 
 def _separated(result: TraceResult) -> int:
@@ -125,7 +127,7 @@ def build_report(results: DemoResults, model_name: str = "") -> Report:
         ["attribute", "clean score", "corrupted score", *(f"top UNet site ({p})" for p in protocols),
          "top text state"], _findings(results))
     report.heading("The paper's single causal state").text(
-        f"Basu et al. find one causal state in the text encoder: {CAUSAL_STATE[0]} at the {CAUSAL_STATE[1]} token. "
+        f"Basu et al. find one causal state in the text encoder: {state_name(*CAUSAL_STATE)}. "
         f"Checked per attribute against every other traced state ({' and '.join(TEXT_KINDS)} outputs, every layer "
         "and token role):")
     for attribute, result in results.text.items():

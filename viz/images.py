@@ -14,7 +14,6 @@ from plotly.subplots import make_subplots
 
 from interp.results import as_uint8
 from interventions.causal_trace import TraceResult
-from viz.comparison import EditComparison
 from viz.style import styled
 
 Cell = tuple[str, np.ndarray]  # (caption, image (H, W, 3) uint8 or (3, H, W) float)
@@ -65,19 +64,3 @@ def trace_images(results: Mapping[str, TraceResult], top: int = 2, unit: int = 0
         rows.append(cells)
         titles.append(label)
     return image_grid(rows, titles, "Clean, corrupted and restored images")
-
-
-def edit_images(comparison: EditComparison) -> go.Figure:
-    """One row per edit ("before" first), one column per prompt; captions give the CLIP-score and,
-    with a judge, whether it still sees the watched attribute."""
-    attribute, value = comparison.settings["watch"]
-    rows = []
-    for e, edit in enumerate(comparison.edits):
-        cells = []
-        for u, unit in enumerate(comparison.units):
-            caption = f"{unit['prompt']} · CLIP {comparison.scores['clip'][u, e]:.3f}"
-            if "hit" in comparison.scores:
-                caption += f" · {value}: {'yes' if comparison.scores['hit'][u, e] else 'no'}"
-            cells.append((caption, comparison.image(u, edit)))
-        rows.append(cells)
-    return image_grid(rows, comparison.edits, f"Before and after removing {value!r} ({attribute})")
