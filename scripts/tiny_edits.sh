@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The README's edit commands on the bundled tiny model, each evaluated on held-out prompts (128 images per group).
+# Usage: scripts/tiny_edits.sh 4   (LoCoEdit's layers: the window `interp locogen` finds; venv active).
+# Edits go to edits/ (not versioned: fingerprinted deltas of the shipped weights), evaluations to docs/edits/;
+# two lanes of one thread each, logs in logs/.
+set -u
+export OMP_NUM_THREADS=1
+cd "$(dirname "$0")/.."
+EDITS=edits; OUT=docs/edits; mkdir -p $EDITS $OUT logs
+LAYERS=""; for l in "$@"; do LAYERS="$LAYERS --layer $l"; done
+lane1() {
+  interp edit diffquickfix --old "van gogh" --new painting --save $EDITS/dqf_van_gogh.safetensors && interp evaluate $EDITS/dqf_van_gogh.safetensors --out $OUT/dqf_van_gogh
+  interp edit diffquickfix --old monet --new painting --save $EDITS/dqf_monet.safetensors && interp evaluate $EDITS/dqf_monet.safetensors --no-controls --out $OUT/dqf_monet
+  interp edit diffquickfix --old "van gogh" --old monet --new painting --save $EDITS/dqf_both.safetensors && interp evaluate $EDITS/dqf_both.safetensors --no-controls --out $OUT/dqf_both
+  interp edit diffquickfix --old wumbo --new "a circle" --save $EDITS/dqf_wumbo.safetensors && interp evaluate $EDITS/dqf_wumbo.safetensors --no-controls --out $OUT/dqf_wumbo
+}
+lane2() {
+  interp edit locoedit --old "van gogh" --new painting $LAYERS --save $EDITS/locoedit_van_gogh.safetensors && interp evaluate $EDITS/locoedit_van_gogh.safetensors --out $OUT/locoedit_van_gogh
+  interp edit locoedit --old monet --new painting $LAYERS --save $EDITS/locoedit_monet.safetensors && interp evaluate $EDITS/locoedit_monet.safetensors --no-controls --out $OUT/locoedit_monet
+  interp edit locoedit --old "van gogh" --old monet --new painting $LAYERS --save $EDITS/locoedit_both.safetensors && interp evaluate $EDITS/locoedit_both.safetensors --no-controls --out $OUT/locoedit_both
+  interp edit diffquickfix --old "the king of zembla" --old "the ruler of zembla" --new "the king of vardo" --save $EDITS/dqf_king.safetensors && interp evaluate $EDITS/dqf_king.safetensors --no-controls --out $OUT/dqf_king
+}
+(time lane1) > logs/lane1.log 2>&1 &
+(time lane2) > logs/lane2.log 2>&1 &
+wait
