@@ -338,7 +338,9 @@ def edit(
              "templates": template, "positions": positions}
     options = {k: v for k, v in given.items() if v}  # else the method's own (or the tiny world's) default
     if model == "tiny":
-        options = {**_tiny_edit_defaults(method, old, new), **options}
+        from models.tiny import edit_defaults
+
+        options = {**edit_defaults.options(method.value, old, new), **options}
     loaded = _load(model)
     if method is Method.diffquickfix:
         if layer:
@@ -368,14 +370,6 @@ def edit(
         ranks = export_lora(result, lora)
         typer.echo(f"wrote the LoRA adapter {lora}/ (rank {max(ranks.values())}; load it with "
                    f"pipe.load_lora_weights({str(lora)!r}))")
-
-
-def _tiny_edit_defaults(method: Method, old: List[str], new: str) -> dict:
-    """The tiny world's key templates, preservation prompts, their weight and key positions for this edit."""
-    from models.tiny import edit_defaults
-
-    return dict(templates=edit_defaults.key_templates(old), preserve=edit_defaults.preserved(old, [new]),
-                preserve_weight=edit_defaults.PRESERVE_WEIGHT, positions=edit_defaults.POSITIONS[method.value])
 
 
 def _lines(path: Optional[Path]) -> list[str]:

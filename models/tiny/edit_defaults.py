@@ -37,3 +37,10 @@ def preserved(olds: Sequence[str], news: Sequence[str] = ()) -> list[str]:
     names = [n for n in NAMED if n not in olds and NAMED[n] not in values] + [n for n in news if n in NAMED]
     kept += [p for n in dict.fromkeys(names) for p in (n, f"a picture of {n}")]
     return list(dict.fromkeys(kept))
+
+
+def options(method: str, olds: Sequence[str], new: str) -> dict:
+    """Keyword arguments of `diffquickfix.edit` / `locoedit.edit` (`method`) for this edit: key
+    templates, preserved neighbours, their weight and key positions."""
+    return dict(templates=key_templates(olds), preserve=preserved(olds, [new]), preserve_weight=PRESERVE_WEIGHT,
+                positions=POSITIONS[method])
