@@ -193,18 +193,19 @@ def demo(
     data. The defaults take about 2 minutes on an idle 2-core CPU with the tiny model."""
     import time
 
-    from interventions.demo import Sizes, run_demo
+    from interp.results import writable_folder
+    from interventions.demo import INDEX, Sizes, run_demo
     from viz.demo import build_report
 
     start = time.perf_counter()
     sizes = Sizes(steps=steps, prompts=prompts, seeds=seeds, samples=samples, images_per_group=images,
                   chunk_size=chunk_size)
-    loaded, scorer = _load(model, device), _scorer(clip, model, device)
     data = out.with_name(f"{out.stem}_data")
+    writable_folder(data, INDEX)  # before computing: a path that cannot take the data costs nothing
+    loaded, scorer = _load(model, device), _scorer(clip, model, device)
     results = run_demo(loaded, scorer, sizes, _judge(model), progress=_progress())
+    results.seconds["total"] = time.perf_counter() - start  # for the footer: loading and the recipes
     results.save(data)
-    results.seconds["total"] = time.perf_counter() - start  # for the footer: loading, the recipes, the data
-    results.write_index(data)
     build_report(results, model).write(out)
     typer.echo(f"wrote {out} (data and edit deltas in {data}/); the demo took {time.perf_counter() - start:.0f} s")
 

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from interp.editing import Edit
 from interp.errors import ResultFormatError
 from interp.model import Model
+from interp.results import atomic_folder
 from interp.scoring import Scorer
 from interventions import diffquickfix, locoedit
 from interventions.causal_trace import PROTOCOLS, TraceResult, trace_text_encoder, trace_unet
@@ -96,30 +97,29 @@ class DemoResults:
     machine: str = ""  # where it ran: device, torch threads, CPU count
 
     def save(self, folder: str | Path) -> Path:
-        """Every result under `folder` (JSON + PNG, edits as safetensors), indexed by `demo.json`."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        for attribute, traces in self.unet.items():
-            for protocol, result in traces.items():
-                result.save(folder / f"trace-unet-{attribute}-{protocol}")
-            self.text[attribute].save(folder / f"trace-text-{attribute}")
-        for attribute, result in self.locogen.items():
-            result.save(folder / f"locogen-{attribute}")
-        for name, evaluation in self.evaluations.items():
-            evaluation.save(folder / f"evaluation-{name}")
-        for name, edit in self.deltas.items():
-            edit.save(folder / f"{name}.safetensors")
-        return self.write_index(folder)
+        """Every result under `folder` (JSON + PNG, edits as safetensors), indexed by `demo.json`.
+        Written atomically (`interp.results.atomic_folder`): a reader, or a kill, sees the previous
+        data, no folder, or the new data, never a mix; an existing `folder` must be earlier demo data."""
+        with atomic_folder(folder, INDEX) as written:
+            for attribute, traces in self.unet.items():
+                for protocol, result in traces.items():
+                    result.save(written / f"trace-unet-{attribute}-{protocol}")
+                self.text[attribute].save(written / f"trace-text-{attribute}")
+            for attribute, result in self.locogen.items():
+                result.save(written / f"locogen-{attribute}")
+            for name, evaluation in self.evaluations.items():
+                evaluation.save(written / f"evaluation-{name}")
+            for name, edit in self.deltas.items():
+                edit.save(written / f"{name}.safetensors")
+            self._write_index(written)
+        return Path(folder).resolve()
 
-    def write_index(self, folder: str | Path) -> Path:
-        """(Re)write `demo.json`: what `save` wrote, the sizes, the timings and the machine; so a
-        timing taken after saving (the whole command's) can still be recorded."""
-        folder = Path(folder)
+    def _write_index(self, folder: Path) -> None:
+        """`demo.json`: what `save` wrote, the sizes, the timings and the machine."""
         index = {"attributes": list(self.unet), "protocols": list(next(iter(self.unet.values()))),
                  "localized": list(self.locogen), "evaluated": list(self.evaluations), "edits": list(self.deltas),
                  "sizes": asdict(self.sizes), "seconds": self.seconds, "machine": self.machine}
         (folder / INDEX).write_text(json.dumps(index, indent=1))
-        return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> DemoResults:

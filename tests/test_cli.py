@@ -99,6 +99,42 @@ def test_report_without_data_exit_2(tmp_path):
     assert_user_error(invoke("report", tmp_path), "demo.json")
 
 
+RESAVE = """
+import sys
+from interventions.demo import DemoResults
+results = DemoResults.load(sys.argv[1])
+print("ready", flush=True)
+while True:
+    results.save(sys.argv[2])
+"""
+
+
+def test_demo_data_killed_while_written_is_old_absent_or_new_never_mixed(demo_report, tmp_path):
+    """SIGKILL a process that writes the demo's data over and over, at 5 random moments; after each
+    kill `interp report` either draws the folder or says it is absent (issue 13: never a mix)."""
+    import random
+    import subprocess
+    import sys
+    import time
+
+    source, target, rng = demo_report.parent / "report_data", tmp_path / "data", random.Random(0)
+    outcomes = []
+    for _ in range(5):
+        child = subprocess.Popen([sys.executable, "-c", RESAVE, str(source), str(target)], stdout=subprocess.PIPE,
+                                 text=True, cwd=Path(__file__).parents[1])
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 1.5))
+        child.kill()
+        child.wait()
+        result = invoke("report", target, "--out", tmp_path / "report.html")
+        if result.exit_code == 0:
+            outcomes.append("drawn")
+        else:
+            assert_user_error(result, "demo.json does not exist")
+            outcomes.append("absent")
+    assert "drawn" in outcomes  # the writes did complete between kills
+
+
 @pytest.mark.parametrize("target, figure", [("unet", "mid-cross-attn"), ("text", "text-mlp-1")])
 def test_trace_prints_table_and_saves(target, figure, clip_folder, tmp_path):
     result = invoke("trace", "--model", "dummy", "--prompt", PROMPT, "--subject", "van gogh", "--target", target,
