@@ -316,7 +316,8 @@ def edit(
     model: str = typer.Option("tiny", help=MODEL_HELP),
     layer: List[str] = typer.Option([], help="locoedit: a cross-attention layer (name or index; repeat); "
                                              "'all' for every one; default SD1.x's style window"),
-    lam: float = typer.Option(0.01, help="closeness to the current weights (lambda; locoedit: for W_K and W_V)"),
+    lam: Optional[float] = typer.Option(None, help="closeness to the current weights (lambda; locoedit: for W_K and "
+                                                   "W_V); default the papers' 0.01, or the tiny world's for its kind"),
     encoder: Optional[str] = typer.Option(None, help="diffquickfix: the CLIP text encoder component to edit "
                                                      "(e.g. text_encoder_2 on SDXL/SD3); default the first"),
     template: List[str] = typer.Option([], help="a prompt template with one '{}' slot for the concept (repeat); "
@@ -338,6 +339,8 @@ def edit(
     given = {"preserve": preserve + _lines(preserve_file), "preserve_weight": preserve_weight,
              "templates": template, "positions": positions}
     options = {k: v for k, v in given.items() if v}  # else the method's own (or the tiny world's) default
+    if lam is not None:
+        options["lam"] = lam
     if model == "tiny":
         from models.tiny import edit_defaults
 
@@ -348,7 +351,7 @@ def edit(
             raise ValueError("--layer is for locoedit; diffquickfix edits the first text self-attention layer")
         from interventions import diffquickfix
 
-        result = diffquickfix.edit(loaded, old, new, lam=lam, encoder=encoder, **options)
+        result = diffquickfix.edit(loaded, old, new, encoder=encoder, **options)
     else:
         if encoder:
             raise ValueError("--encoder is for diffquickfix; locoedit edits the denoiser's cross-attention layers")
@@ -359,7 +362,8 @@ def edit(
                              f"pass --layer (repeat it for the window `interp locogen` finds) or --layer all")
         layers = [int(x) if x.isdigit() else x for x in layer] or None
         layers = "all" if layers == ["all"] else layers
-        result = locoedit.edit(loaded, old, new, layers, lam_k=lam, lam_v=lam, **options)
+        lams = {"lam_k": options["lam"], "lam_v": options.pop("lam")} if "lam" in options else {}
+        result = locoedit.edit(loaded, old, new, layers, **lams, **options)
     save.parent.mkdir(parents=True, exist_ok=True)
     result.save(save)
     changed = result.changed_parameters

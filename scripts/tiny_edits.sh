@@ -7,18 +7,19 @@ set -u
 export OMP_NUM_THREADS=1
 cd "$(dirname "$0")/.."
 EDITS=edits; OUT=docs/edits; mkdir -p $EDITS $OUT logs
+SEED=1000  # evaluation images from seed 1000 on: the tiny defaults (models/tiny/edit_defaults.py) were chosen on seed 0
 LAYERS=""; for l in "$@"; do LAYERS="$LAYERS --layer $l"; done
 lane1() {
-  interp edit diffquickfix --old "van gogh" --new painting --save $EDITS/dqf_van_gogh.safetensors && interp evaluate $EDITS/dqf_van_gogh.safetensors --out $OUT/dqf_van_gogh
-  interp edit diffquickfix --old monet --new painting --save $EDITS/dqf_monet.safetensors && interp evaluate $EDITS/dqf_monet.safetensors --no-controls --out $OUT/dqf_monet
-  interp edit diffquickfix --old "van gogh" --old monet --new painting --save $EDITS/dqf_both.safetensors && interp evaluate $EDITS/dqf_both.safetensors --no-controls --out $OUT/dqf_both
-  interp edit diffquickfix --old wumbo --new "a circle" --save $EDITS/dqf_wumbo.safetensors && interp evaluate $EDITS/dqf_wumbo.safetensors --no-controls --out $OUT/dqf_wumbo
+  interp edit diffquickfix --old "van gogh" --new painting --save $EDITS/dqf_van_gogh.safetensors && interp evaluate --seed $SEED $EDITS/dqf_van_gogh.safetensors --out $OUT/dqf_van_gogh
+  interp edit diffquickfix --old monet --new painting --save $EDITS/dqf_monet.safetensors && interp evaluate --seed $SEED $EDITS/dqf_monet.safetensors --no-controls --out $OUT/dqf_monet
+  interp edit diffquickfix --old "van gogh" --old monet --new painting --save $EDITS/dqf_both.safetensors && interp evaluate --seed $SEED $EDITS/dqf_both.safetensors --no-controls --out $OUT/dqf_both
+  interp edit diffquickfix --old wumbo --new "a circle" --save $EDITS/dqf_wumbo.safetensors && interp evaluate --seed $SEED $EDITS/dqf_wumbo.safetensors --no-controls --out $OUT/dqf_wumbo
 }
 lane2() {
-  interp edit locoedit --old "van gogh" --new painting $LAYERS --save $EDITS/locoedit_van_gogh.safetensors && interp evaluate $EDITS/locoedit_van_gogh.safetensors --out $OUT/locoedit_van_gogh
-  interp edit locoedit --old monet --new painting $LAYERS --save $EDITS/locoedit_monet.safetensors && interp evaluate $EDITS/locoedit_monet.safetensors --no-controls --out $OUT/locoedit_monet
-  interp edit locoedit --old "van gogh" --old monet --new painting $LAYERS --save $EDITS/locoedit_both.safetensors && interp evaluate $EDITS/locoedit_both.safetensors --no-controls --out $OUT/locoedit_both
-  interp edit diffquickfix --old "the king of zembla" --old "the ruler of zembla" --new "the king of vardo" --save $EDITS/dqf_king.safetensors && interp evaluate $EDITS/dqf_king.safetensors --no-controls --out $OUT/dqf_king
+  interp edit locoedit --old "van gogh" --new painting $LAYERS --save $EDITS/locoedit_van_gogh.safetensors && interp evaluate --seed $SEED $EDITS/locoedit_van_gogh.safetensors --out $OUT/locoedit_van_gogh
+  interp edit locoedit --old monet --new painting $LAYERS --save $EDITS/locoedit_monet.safetensors && interp evaluate --seed $SEED $EDITS/locoedit_monet.safetensors --no-controls --out $OUT/locoedit_monet
+  interp edit locoedit --old "van gogh" --old monet --new painting $LAYERS --save $EDITS/locoedit_both.safetensors && interp evaluate --seed $SEED $EDITS/locoedit_both.safetensors --no-controls --out $OUT/locoedit_both
+  interp edit diffquickfix --old "the king of zembla" --old "the ruler of zembla" --new "the king of vardo" --save $EDITS/dqf_king.safetensors && interp evaluate --seed $SEED $EDITS/dqf_king.safetensors --no-controls --out $OUT/dqf_king
 }
 (time lane1) > logs/lane1.log 2>&1 &
 (time lane2) > logs/lane2.log 2>&1 &

@@ -22,3 +22,21 @@ def test_diffquickfix_lowers_the_van_gogh_hit_rate() -> None:
     with edits.applied(model, diffquickfix.edit(model, "van gogh", "painting", layer=0)):
         after = style_hit_rate(model, prompts, "van gogh", seeds=(0,))
     assert before >= 0.5 and after < before, (before, after)
+
+
+def test_tiny_defaults_key_names_in_every_phrasing_and_keep_plain_scenes() -> None:
+    """A name's keys cover the world's three styled phrasings in one style only (the others stay held
+    out for evaluation); every object is preserved in every unstyled phrasing; characters take lambda
+    0.1, other edits the editor's own."""
+    from models.tiny import edit_defaults
+    from models.tiny.scenes import OBJECTS
+
+    wumbo = edit_defaults.options("diffquickfix", ["wumbo"], "a circle")
+    assert {t for t in wumbo["templates"] if "pollock" in t} == {
+        "{} in the style of pollock", "a painting of {} by pollock", "a pollock painting of {}"}
+    assert not any(s in t for t in wumbo["templates"] for s in ("monet", "van gogh", "mondrian"))
+    assert wumbo["lam"] == edit_defaults.CHARACTER_LAM
+    for obj in OBJECTS:
+        assert any(p.startswith("a picture of") and obj in p for p in wumbo["preserve"]), obj
+    assert "lam" not in edit_defaults.options("diffquickfix", ["the king of zembla"], "the king of vardo")
+    assert "lam" not in edit_defaults.options("locoedit", ["wumbo"], "a circle")

@@ -10,15 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from models.tiny.scenes import NAMED, STYLE_TEMPLATES, STYLES
+from models.tiny.scenes import CHARACTERS, COLORS, COUNTS, NAMED, OBJECTS, STYLE_TEMPLATES, STYLES, Scene, caption, templates_of
 
 STYLE_KEYS = ("in the style of {}", "a painting by {}", "a {} painting of a circle")
-NAME_KEYS = ("{}", "a picture of {}", "{} in the style of pollock")
+# a name's keys: plain, neutral, and the world's three styled phrasings in one style (pollock), so the
+# other styles' phrasings stay held out for the evaluation's generalization group
+NAME_KEYS = ("{}", "a picture of {}", "{} in the style of pollock", "a painting of {} by pollock", "a pollock painting of {}")
 PRESERVE_WEIGHT = 1.0  # the docs/edits were made with it; 10 stops the fact update from taking
 POSITIONS = {"diffquickfix": "from-subject", "locoedit": "subject+eos"}
+# A character -> object edit keeps the rest of the prompt: lambda 0.1 (not the papers' 0.01) holds the
+# neighbours (object -1.5 points, against -6.3 at 0.01) and keeps the object on paraphrases (84% against
+# 83%), at mark 5.5% against 4.7% (DiffQuickFix, wumbo -> a circle, judge, evaluation seed 0; the
+# README's numbers are from seed 1000). For facts 0.1 leaves the new value at 76% on paraphrases, 0.01 at 83%.
+CHARACTER_LAM = 0.1
 _SUBJECTS = ("a red circle", "two blue houses")
-_PLAIN = ("a red circle", "two blue squares", "a picture of a green star", "a yellow triangle in the style of painting",
-          "a painting of an orange heart")
+
+
+def _plain_scenes() -> list[str]:
+    """Every object once (colors and counts rotating) in every unstyled phrasing: an edit keyed on
+    'a picture of {}' must not move 'a picture of two red hearts'."""
+    scenes = [Scene(o, list(COLORS)[i % len(COLORS)], "plain", COUNTS[i % len(COUNTS)]) for i, o in enumerate(OBJECTS)]
+    return [caption(s, t) for s in scenes for t in range(len(templates_of(s)))]
 
 
 def key_templates(olds: Sequence[str]) -> tuple[str, ...]:
@@ -33,7 +45,7 @@ def preserved(olds: Sequence[str], news: Sequence[str] = ()) -> list[str]:
     values = {NAMED[o] for o in olds if o in NAMED}
     styles = [s for s in STYLES if s != "plain" and s not in olds]
     kept = [t.format(subject=x, style=s) for s in styles for x in _SUBJECTS for t in STYLE_TEMPLATES]
-    kept += _PLAIN
+    kept += _plain_scenes()
     names = [n for n in NAMED if n not in olds and NAMED[n] not in values] + [n for n in news if n in NAMED]
     kept += [p for n in dict.fromkeys(names) for p in (n, f"a picture of {n}")]
     return list(dict.fromkeys(kept))
@@ -41,6 +53,9 @@ def preserved(olds: Sequence[str], news: Sequence[str] = ()) -> list[str]:
 
 def options(method: str, olds: Sequence[str], new: str) -> dict:
     """Keyword arguments of `diffquickfix.edit` / `locoedit.edit` (`method`) for this edit: key
-    templates, preserved neighbours, their weight and key positions."""
-    return dict(templates=key_templates(olds), preserve=preserved(olds, [new]), preserve_weight=PRESERVE_WEIGHT,
-                positions=POSITIONS[method])
+    templates, preserved neighbours, their weight, key positions and, for characters, lambda."""
+    chosen = dict(templates=key_templates(olds), preserve=preserved(olds, [new]), preserve_weight=PRESERVE_WEIGHT,
+                  positions=POSITIONS[method])
+    if method == "diffquickfix" and all(o in CHARACTERS for o in olds):
+        chosen["lam"] = CHARACTER_LAM
+    return chosen
