@@ -9,15 +9,36 @@ Target: batched at least 3x faster on this CPU. Run: ``python -m bench.batched_t
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 import torch
 
 from bench.timing import load_note, timed_interleaved
 from interp.cli import _load
 from interp.graph import Graph, Noise, Restore, Run
+from interp.model import Model
 from interp.runner import run
 
 PROMPT, SUBJECT = "a red circle in the style of van gogh", "van gogh"
+
+
+def trace_variants(model: Model, sites: list[str], steps: int, prompt: str = PROMPT, subject: str = SUBJECT,
+                   size: int | None = None, **run_kwargs) -> dict[str, Callable[[], dict[str, torch.Tensor]]]:
+    """The two ways of the module docstring to trace `sites`; each returns the restored images by
+    site. `run_kwargs` (chunk_size, memory_budget_gb) go to the batched call of `interp.runner.run`."""
+    noise = Noise("text-embed", tokens=model.locate(prompt, subject).positions, std=3.0)
+    clean = Run("clean", prompt, steps=steps, height=size, width=size)
+
+    def traced(site: str) -> Run:
+        return Run(site, prompt, steps=steps, height=size, width=size, ops=[noise, Restore(site, source="clean")])
+
+    def separate() -> dict[str, torch.Tensor]:
+        return {s: run(model, Graph([clean, traced(s)]), progress=False).images[s] for s in sites}
+
+    def batched() -> dict[str, torch.Tensor]:
+        return run(model, Graph([clean, *map(traced, sites)]), progress=False, **run_kwargs).images
+
+    return {"separate": separate, "batched": batched}
 
 
 def main() -> None:
@@ -30,22 +51,11 @@ def main() -> None:
     args = parser.parse_args()
 
     model = _load(args.model)
-    noise = Noise("text-embed", tokens=model.locate(PROMPT, SUBJECT).positions, std=3.0)
     sites = [s.name for s in model.sites() if not s.is_text][: args.sites]
-    clean = Run("clean", PROMPT, steps=args.steps)
-
-    def traced(site: str) -> Run:
-        return Run(site, PROMPT, steps=args.steps, ops=[noise, Restore(site, source="clean")])
-
-    def separate() -> dict[str, torch.Tensor]:
-        return {s: run(model, Graph([clean, traced(s)]), progress=False).images[s] for s in sites}
-
-    def batched() -> dict[str, torch.Tensor]:
-        return run(model, Graph([clean, *map(traced, sites)]), chunk_size=args.chunk_size, progress=False).images
-
-    one, other = separate(), batched()
+    variants = trace_variants(model, sites, args.steps, chunk_size=args.chunk_size)
+    one, other = variants["separate"](), variants["batched"]()
     worst = max((one[s] - other[s]).abs().max().item() for s in sites)
-    times = timed_interleaved({"separate": separate, "batched": batched}, repeats=args.repeats)
+    times = timed_interleaved(variants, repeats=args.repeats)
     speedup = times["separate"] / times["batched"]
     print(f"{model}: {len(sites)} sites, {args.steps} steps; {load_note()}")
     print(f"  separate {times['separate']:.2f} s, batched {times['batched']:.2f} s, max |diff| {worst:.2e}")

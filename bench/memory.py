@@ -64,6 +64,18 @@ def shared_weights(module: torch.nn.Module) -> torch.nn.Module:
     return module.eval()
 
 
+def fresh_weights(module: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """`module` (built on the meta device) on `device` with the weights its layers get at construction
+    (each layer's `reset_parameters`), drawn there: a full-size UNet in seconds on a GPU, and random
+    weights that carry the text through to the image (the shared buffer's do barely)."""
+    module = module.to_empty(device=device)
+    with torch.no_grad():
+        for layer in module.modules():
+            if list(layer.parameters(recurse=False)):
+                layer.reset_parameters()
+    return module.eval()
+
+
 def text_encoder(config: dict, tokenizer, projection: bool = False) -> torch.nn.Module:
     """A one-layer CLIP text tower of the config's width (random weights)."""
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -72,21 +84,24 @@ def text_encoder(config: dict, tokenizer, projection: bool = False) -> torch.nn.
     return cls(CLIPTextConfig(**{**config, "num_hidden_layers": 1}, **ids)).eval()
 
 
-def pipeline(width: str):
-    """An SD1.5- or SDXL-width pipeline (see the module docstring)."""
+def pipeline(width: str, words: list[str] | None = None, device: torch.device | str | None = None):
+    """An SD1.5- or SDXL-width pipeline (see the module docstring); its tokenizers know `words`
+    (default: the prompt's). With `device`, the UNet and VAE get `fresh_weights` there instead of
+    views of one shared buffer."""
     torch.manual_seed(0)
-    tokenizer = build_clip_tokenizer(PROMPT.split(), max_length=77)
+    words = words or PROMPT.split()
+    tokenizer = build_clip_tokenizer(words, max_length=77)
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(SD15_UNET if width == "sd15" else SDXL_UNET)
         vae = AutoencoderKL(**SD_VAE)
-    unet, vae = shared_weights(unet), shared_weights(vae)
+    unet, vae = (shared_weights(m) if device is None else fresh_weights(m, device) for m in (unet, vae))
     scheduler = DDIMScheduler(steps_offset=1, clip_sample=False)
     if width == "sd15":
         pipe = StableDiffusionPipeline(
             vae=vae, text_encoder=text_encoder(SD15_TEXT, tokenizer), tokenizer=tokenizer, unet=unet,
             scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     else:
-        tokenizer_2 = build_clip_tokenizer(PROMPT.split(), max_length=77, pad_token="!")
+        tokenizer_2 = build_clip_tokenizer(words, max_length=77, pad_token="!")
         pipe = StableDiffusionXLPipeline(
             vae=vae, text_encoder=text_encoder(SD15_TEXT, tokenizer), tokenizer=tokenizer,
             text_encoder_2=text_encoder(SDXL_TEXT_G, tokenizer_2, projection=True), tokenizer_2=tokenizer_2,
@@ -115,34 +130,60 @@ def _status(field: str) -> int:
 def measure(width: str, size: int, runs: int) -> dict:
     """One point, in this process: measured and estimated bytes above the weights."""
     model = interp.load(pipeline(width))
-    cuda = torch.cuda.is_available()
-    if cuda:
+    if torch.cuda.is_available():
         model.pipe.to("cuda")
-    run(model, graph(model, 2, 64), chunk_size=2, progress=False)  # warm-up: library initialisation
+    return measure_model(model, size, runs)
+
+
+def measure_model(model: interp.Model, size: int, runs: int, warm_up: int = 64) -> dict:
+    """Measured and estimated bytes above the weights of one `runs`-run chunk of `graph` at `size`
+    px, after a `warm_up`-px run (library initialisation). The RSS numbers are process-wide: in a
+    process that did other work first, freed heap it reuses makes them low; they are left out
+    where the kernel cannot reset the high-water mark (`/proc/self/clear_refs`, e.g. under gVisor).
+    On CUDA, `cuda_measured` (`cuda_denoise_measured`: when the decode starts) is
+    `max_memory_allocated` above what was allocated before."""
+    cuda = next(model.denoiser.parameters()).device.type == "cuda"
+    run(model, graph(model, 2, warm_up), chunk_size=2, progress=False)
     gc.collect()
     est = estimate(model, size, size, cfg=True)
     g = graph(model, runs, size)
-    decoding = []  # VmHWM when the decode starts: the denoising loop's peak
-    vae = model.pipe.vae
-    hook = vae.post_quant_conv.register_forward_pre_hook(lambda *_: decoding.append(_status("VmHWM")))
     before = _status("VmRSS")
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")  # reset VmHWM to the current RSS
+    rss = _reset_high_water_mark()
+    decoding = []  # (VmHWM, CUDA peak) when the decode starts: the denoising loop's peaks
+
+    def at_decode(*_: object) -> None:
+        decoding.append((_status("VmHWM") if rss else 0, torch.cuda.max_memory_allocated() if cuda else 0))
+
     if cuda:
         torch.cuda.synchronize()
         allocated = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
+    hook = model.pipe.vae.post_quant_conv.register_forward_pre_hook(at_decode)
     start = time.perf_counter()
-    run(model, g, chunk_size=runs, progress=False)
+    try:
+        run(model, g, chunk_size=runs, progress=False)
+    finally:
+        hook.remove()
     seconds = time.perf_counter() - start
-    hook.remove()
-    point = {"width": width, "size": size, "runs": runs, "seconds": seconds, "load": os.getloadavg()[0],
-             "measured": _status("VmHWM") - before, "estimate": est.peak(runs),
-             "denoise_measured": decoding[0] - before, "denoise_estimate": est.denoise_peak(runs),
+    point = {"size": size, "runs": runs, "seconds": seconds, "load": os.getloadavg()[0],
+             "estimate": est.peak(runs), "denoise_estimate": est.denoise_peak(runs),
              "fixed": est.fixed, "per_run": est.per_run}
+    if rss:
+        point.update(measured=_status("VmHWM") - before, denoise_measured=decoding[0][0] - before)
     if cuda:
-        point["cuda_measured"] = torch.cuda.max_memory_allocated() - allocated
+        point.update(cuda_measured=torch.cuda.max_memory_allocated() - allocated,
+                     cuda_denoise_measured=decoding[0][1] - allocated)
     return point
+
+
+def _reset_high_water_mark() -> bool:
+    """Reset VmHWM to the current RSS; False where the kernel does not support it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def main() -> None:

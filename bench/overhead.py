@@ -12,6 +12,7 @@ Target: runner / plain <= 1.10. Run: ``python -m bench.overhead [--size 128] [--
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -43,24 +44,26 @@ def sd15_width_pipeline() -> StableDiffusionPipeline:
     return pipe
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=128, help="image side in pixels")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+def plain_call(model: interp.Model, prompts: list[str], seeds: list[int], steps: int, size: int) -> torch.Tensor:
+    """`pipe(...)` with no intervention: rows seeded as the runner seeds them, CFG 7.5, images in [0, 1]."""
+    with torch.no_grad():
+        return model.pipe(prompts, generator=model.generators(seeds), num_inference_steps=steps,
+                          guidance_scale=7.5, height=size, width=size, output_type="pt").images
 
-    model = interp.load(sd15_width_pipeline())
-    site = model.site(SITE)
+
+def restore_variants(model: interp.Model, site_name: str, size: int, steps: int,
+                     prompt: str = PROMPT) -> dict[str, Callable[[], torch.Tensor]]:
+    """The three ways of the module docstring to generate [clean, target restoring `site_name` at
+    every step]; each returns the target image."""
+    site = model.site(site_name)
     module = model.denoiser.get_submodule(site.path)
 
     def plain() -> torch.Tensor:
-        with torch.no_grad():
-            return model.pipe([PROMPT, PROMPT], generator=model.generators([0, 0]), num_inference_steps=args.steps,
-                              guidance_scale=7.5, height=args.size, width=args.size, output_type="pt").images
+        return plain_call(model, [prompt, prompt], [0, 0], steps, size)[1]
 
     def hooks() -> torch.Tensor:
         def restore(_m, _a, out):  # rows: [uncond clean, uncond target, cond clean, cond target]
+            out = out[site.element] if site.tuple_output else out
             out[[1, 3]] = out[[0, 2]]
 
         handle = module.register_forward_hook(restore)
@@ -69,15 +72,26 @@ def main() -> None:
         finally:
             handle.remove()
 
-    graph = Graph([Run("clean", PROMPT, steps=args.steps, height=args.size, width=args.size)])
-    graph.add(Run("target", PROMPT, steps=args.steps, height=args.size, width=args.size,
-                  ops=[Restore(SITE, source="clean")]))
+    graph = Graph([Run("clean", prompt, steps=steps, height=size, width=size)])
+    graph.add(Run("target", prompt, steps=steps, height=size, width=size, ops=[Restore(site.name, source="clean")]))
 
-    def runner() -> dict:
-        return run(model, graph, progress=False).images
+    def runner() -> torch.Tensor:
+        return run(model, graph, progress=False).images["target"]
 
-    assert torch.equal(runner()["target"], hooks()[1]), "runner and hooks disagree"
-    times = timed_interleaved({"plain": plain, "hooks": hooks, "runner": runner}, repeats=args.repeats)
+    return {"plain": plain, "hooks": hooks, "runner": runner}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=128, help="image side in pixels")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    model = interp.load(sd15_width_pipeline())
+    variants = restore_variants(model, SITE, args.size, args.steps)
+    assert torch.equal(variants["runner"](), variants["hooks"]()), "runner and hooks disagree"
+    times = timed_interleaved(variants, repeats=args.repeats)
     print(f"SD1.5-width UNet, {args.size}px, {args.steps} steps, batch 2 + CFG; {load_note()}")
     for name, seconds in times.items():
         print(f"  {name:7} {seconds:7.3f} s   ({seconds / times['plain']:.3f} x plain)")

@@ -19,9 +19,11 @@ def timed(fn: Callable[[], object], repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def timed_interleaved(variants: dict[str, Callable[[], object]], repeats: int = 3) -> dict[str, float]:
-    """Median time of each variant, the variants taking turns so background load hits them alike."""
-    for fn in variants.values():
+def timed_interleaved(variants: dict[str, Callable[[], object]], repeats: int = 3,
+                      warm_up: bool = True) -> dict[str, float]:
+    """Median time of each variant, the variants taking turns so background load hits them alike
+    (`warm_up=False` when the caller has already run each once, e.g. to compare their outputs)."""
+    for fn in variants.values() if warm_up else ():
         fn()
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):

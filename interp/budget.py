@@ -198,7 +198,9 @@ class _FusedAttention(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         if func is F.scaled_dot_product_attention:
-            query, value = args[0], (args[2] if len(args) > 2 else kwargs["value"])
+            kwargs = kwargs or {}  # diffusers' attention dispatch (FLUX) passes them all by name
+            query = args[0] if args else kwargs["query"]
+            value = args[2] if len(args) > 2 else kwargs["value"]
             return query.new_empty((*query.shape[:-1], value.shape[-1]))
         return func(*args, **(kwargs or {}))
 

@@ -47,6 +47,12 @@ class Protocol(str, enum.Enum):
     aligned = "aligned"
 
 
+class TraceMethod(str, enum.Enum):
+    exact = "exact"
+    attribution = "attribution"
+    hybrid = "hybrid"
+
+
 class Method(str, enum.Enum):
     diffquickfix = "diffquickfix"
     locoedit = "locoedit"
@@ -213,14 +219,21 @@ def demo(
 @app.command()
 @user_errors
 def report(
-    data: Path = typer.Argument(..., help="the data folder `interp demo` wrote"),
-    out: Path = typer.Option(Path("report.html"), help="the HTML report"),
+    data: Path = typer.Argument(..., help="the data folder `interp demo` wrote, or an `interp sweep` --out folder"),
+    out: Optional[Path] = typer.Option(None, help="the HTML report (default report.html; for a sweep <folder>/report.html)"),
     title: str = typer.Option("", help="the model's name in the title"),
 ) -> None:
-    """Redraw the demo report from its saved data, without running anything."""
+    """Redraw the demo report from its saved data, or draw a sweep's (aggregating its units into
+    <folder>/result/), without running anything."""
     from interventions.demo import DemoResults
     from viz.demo import build_report
 
+    if (data / "sweep.json").is_file():
+        from interventions.sweep_recipes import write_report
+
+        typer.echo(f"wrote {data}/result/result.json and {write_report(data, out)}")
+        return
+    out = out or Path("report.html")
     build_report(DemoResults.load(data), title).write(out)
     typer.echo(f"wrote {out}")
 
@@ -239,12 +252,17 @@ def trace(
                                       "activation; 'aligned' the clean prompt's on the restored run's own latent"),
     min_effect: Optional[float] = typer.Option(None, help="drop units whose clean - corrupted score is below "
                                                "this (default: 0.1 for the tiny judge, 0 for CLIP)"),
+    method: TraceMethod = typer.Option(TraceMethod.exact, help="UNet traces: 'exact' restores each site (a generation "
+                                  "per site); 'attribution' estimates every site from one backward pass; "
+                                  "'hybrid' attributes, then restores the --verify top sites exactly"),
+    verify: int = typer.Option(10, min=1, help="--method hybrid: how many top sites to restore exactly"),
     clip: Optional[str] = typer.Option(None, help=CLIP_HELP),
     out: Optional[Path] = typer.Option(None, help=OUT_HELP, callback=_writable),
     device: str = typer.Option("cpu", help=DEVICE_HELP),
 ) -> None:
-    """Causal tracing: corrupt the subject, restore one state at a time, print the indirect effects
-    with 95% intervals over units (prompt x seed x noise sample)."""
+    """Causal tracing: corrupt the subject, restore one state at a time (or estimate every state's
+    effect by attribution patching), print the indirect effects with 95% intervals over units
+    (prompt x seed x noise sample)."""
     from interventions.causal_trace import trace_text_encoder, trace_unet
     from viz.traces import denoiser_site_map, text_encoder_grid
 
@@ -253,8 +271,13 @@ def trace(
     options = dict(seeds=range(seeds), steps=steps, samples=samples, min_effect=min_effect,
                    scorer=_scorer(clip, model, device), progress=_progress())
     if target is Target.unet:
-        result, figure = trace_unet(loaded, prompt, subject, protocol=protocol.value, **options), denoiser_site_map
+        result = trace_unet(loaded, prompt, subject, protocol=protocol.value, method=method.value, verify=verify,
+                            **options)
+        figure = denoiser_site_map
     else:
+        if method is not TraceMethod.exact:
+            raise typer.BadParameter("attribution covers UNet traces; text-encoder traces take --method exact",
+                                     param_hint="--method")
         if protocol is not Protocol.paper:
             raise typer.BadParameter("text-encoder states are computed once per prompt; only --protocol paper applies",
                                      param_hint="--protocol")
@@ -304,6 +327,37 @@ def locogen(
     typer.echo(result.table())
     typer.echo(f"best window: {', '.join(result.best_sites)}")
     _save(result, locogen_curve(result), out)
+
+
+@app.command()
+@user_errors
+def attention(
+    prompt: str = typer.Option(..., help="the prompt"),
+    token: List[str] = typer.Option(..., help="a word or phrase of the prompt whose map to draw (repeat for several)"),
+    model: str = typer.Option("tiny", help=MODEL_HELP),
+    layer: List[str] = typer.Option([], help="a cross-attention layer to capture (repeat; default: every one)"),
+    steps: int = typer.Option(25, min=1, help="denoising steps"),
+    seeds: int = typer.Option(1, min=1, help="seeds 0 .. n-1, one image each"),
+    out: Path = typer.Option(Path("attention.html"), help="the HTML page of the maps over each image"),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
+) -> None:
+    """Cross-attention maps (DAAM): where in each image every token acts, aggregated over layers,
+    heads and steps, and per layer; the user's attention processors stay in place."""
+    from interventions.attention_maps import attention_maps
+    from viz.attention import attention_heatmaps, attention_layers
+    from viz.report import Report
+
+    loaded = _load(model, device)
+    maps = attention_maps(loaded, prompt, token, seeds=range(seeds), layers=layer or None, steps=steps,
+                          progress=_progress())
+    page = Report(f"Cross-attention maps: {prompt}", subtitle=maps.settings["aggregation"])
+    for index in range(seeds):
+        page.figure(attention_heatmaps(maps, index))
+        for word in maps.tokens:
+            page.figure(attention_layers(maps, word, index))
+    for word, positions in maps.tokens.items():
+        typer.echo(f"{word}: positions {list(positions)}, {len(maps.layers)} layers, {len(maps.steps)} steps")
+    typer.echo(f"wrote {page.write(out)}")
 
 
 @app.command()
@@ -450,6 +504,75 @@ def evaluate(
     typer.echo(result.table())
     if out is not None:
         typer.echo(f"wrote {result.save(out)}")
+
+
+class SweepRecipe(str, enum.Enum):
+    trace_unet = "trace-unet"
+    trace_text = "trace-text"
+
+
+class SweepEngine(str, enum.Enum):
+    local = "local"
+    ray = "ray"
+
+
+@app.command()
+@user_errors
+def sweep(
+    recipe: SweepRecipe = typer.Argument(..., help="trace-unet (denoiser sites) or trace-text (text-encoder states "
+                                         "by token role)"),
+    prompts: str = typer.Option(..., help="a CSV/JSONL prompt set (prompt, subject, attribute, target) or a bundled "
+                                "one: tiny/style, tiny/object, tiny/color, tiny/facts, tiny/characters, real/objects, "
+                                "real/styles, real/colors, real/actions, real/facts"),
+    out: Path = typer.Option(..., help="the sweep folder: sweep.json, units/<key>.parquet, failed/, result/"),
+    model: str = typer.Option("tiny", help=MODEL_HELP),
+    engine: SweepEngine = typer.Option(SweepEngine.local, help="local (in this process) or ray"),
+    address: Optional[str] = typer.Option(None, help="ray: join this cluster (host:port, or 'auto' after `ray start` "
+                                          "here); default a new local instance"),
+    workers: Optional[int] = typer.Option(None, help="ray: actors (default one per GPU slot, else one per CPU)"),
+    gpus_per_actor: Optional[float] = typer.Option(None, help="ray: GPUs each actor requests (default 1 where the "
+                                                   "cluster has GPUs, else 0); use with --device cuda"),
+    resume: bool = typer.Option(False, help="finish the sweep in --out: units on file are skipped"),
+    seeds: int = typer.Option(1, min=1, help="seeds 0 .. n-1 per prompt"),
+    samples: int = typer.Option(10, min=1, help="noise samples per (prompt, seed)"),
+    steps: int = typer.Option(25, min=1, help="denoising steps"),
+    site: List[str] = typer.Option([], help="trace-unet: a denoiser site or kind (cross-attn, ...; repeat); default all"),
+    layer: List[int] = typer.Option([], help="trace-text: a text-encoder layer index (repeat); default all"),
+    protocol: Protocol = typer.Option(Protocol.paper, help="trace-unet: paper or aligned (see `interp trace`)"),
+    min_effect: Optional[float] = typer.Option(None, help="drop units whose clean - corrupted score is below this "
+                                               "(default: 0.1 for the tiny judge, 0 for CLIP)"),
+    threads: int = typer.Option(1, min=1, help="torch threads per worker (the local engine uses as many)"),
+    clip: Optional[str] = typer.Option(None, help=CLIP_HELP + "; on the tiny model its judge scores unless given"),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
+) -> None:
+    """Run a recipe over a prompt set as units (prompt x seed x noise sample), each stored as it
+    finishes; --resume finishes a killed sweep. Prints the aggregate and writes <out>/result/."""
+    from interventions.sweep_recipes import aggregate, plan, run_sweep
+
+    _writable_sweep(out, resume)
+    if clip is None and model not in ("tiny", "dummy"):
+        typer.echo("warning: scoring with the tiny model's CLIP, which knows only its own words; pass --clip "
+                   "(e.g. openai/clip-vit-large-patch14) for real models", err=True)
+    _device(device)
+    planned = plan(recipe.value, model, prompts, range(seeds), samples, steps, sites=site or None,
+                   layers=layer or None, protocol=protocol.value, clip=clip, min_effect=min_effect, device=device,
+                   threads=threads)
+    stats = run_sweep(planned, out, engine.value, address, workers, gpus_per_actor, resume, _progress())
+    result = aggregate(out)
+    result.save(out / "result")
+    typer.echo(result.table())
+    typer.echo(f"{stats.computed} units computed, {stats.skipped} on file before, {stats.failed} failed "
+               f"(errors in {out}/failed/), {stats.wall_seconds:.1f} s; wrote {out}/result/result.json; draw it "
+               f"with `interp report {out}`")
+
+
+def _writable_sweep(out: Path, resume: bool) -> None:
+    """Check a sweep's --out before loading anything."""
+    from interp.results import writable_folder
+
+    writable_folder(out, "sweep.json")
+    if not resume and (out / "units").is_dir() and any((out / "units").glob("*.parquet")):
+        raise ValueError(f"{out} already holds units of a sweep; pass --resume to finish it, or choose a new --out")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -65,3 +65,13 @@ class WindowSizeError(InterpError, ValueError):
 
 class UnsupportedSchedulerError(InterpError, RuntimeError):
     """A scheduler whose denoiser calls per step interp does not know, so per-step operations could miss calls."""
+
+
+class AttentionCaptureError(InterpError, ValueError):
+    """Attention maps asked of a layer that is not a text cross-attention, of a processor whose math
+    the capture would change, or at a step or token the run does not have."""
+
+
+class SweepEngineError(InterpError, RuntimeError):
+    """A sweep engine that cannot run: Ray not installed, a cluster address that does not answer, or
+    workers that cannot load the model."""

@@ -87,7 +87,7 @@ class Model:
     @cached_property
     def _sites_and_events(self) -> tuple[SiteMap, dict[str, dict[str, Event]]]:
         sites, events = self.adapter.sites(self.pipe)
-        return SiteMap(sites, self.components), events
+        return SiteMap(sites, self.components, events), events
 
     @property
     def site_map(self) -> SiteMap:

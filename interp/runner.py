@@ -6,7 +6,11 @@ once on the chunk's prompts; the denoiser sees the classifier-free-guidance layo
 target row inside the same forward pass, so one denoising loop serves many restored sites.
 
 Every read and write happens in a traced forward in module order: text-encoder sites first, then,
-at each denoising step, the denoiser's hook points sorted by their place in a forward pass.
+at each denoising step, the denoiser's hook points sorted by their place in a forward pass. Head and
+neuron sites (and ops with `heads=` / `units=`) act on columns of the last dim of their hook point
+(an out projection's input, a key/value projection's output): the selected rows are read, the
+columns changed, and the rows written back. A swapped head's key/value slices are the projections of
+the target prompt's text, computed before the trace.
 """
 
 from __future__ import annotations
@@ -25,10 +29,10 @@ from tqdm.auto import tqdm
 from interp.budget import runs_per_chunk
 from interp.errors import GraphValidationError, UnsupportedSchedulerError
 from interp.graph import (
-    PRK_STEPS, Add, Capture, Graph, Noise, Operation, Restore, Run, Scale, Set, Swap, Zero, runge_kutta,
+    PRK_STEPS, Add, Capture, Graph, Noise, Operation, Restore, Run, Scale, Set, Swap, Zero, run_size, runge_kutta,
 )
 from interp.model import Model
-from interp.sites import Site
+from interp.sites import HEAD, Site
 
 # Within one module event: local edits, then restores (which overwrite), then captures (which see all).
 _PRIORITY = {Noise: 0, Set: 0, Add: 0, Zero: 0, Scale: 0, Restore: 1, Capture: 2}
@@ -65,7 +69,8 @@ class _Action:
     rows: list[int]
     source_rows: list[int] = field(default_factory=list)
     element: int = 0  # which element of a tuple output (`Site.element`)
-    context: torch.Tensor | None = None  # Swap: the replacement text embedding
+    context: torch.Tensor | None = None  # Swap: the replacement text embedding (or a head's key/value slice)
+    columns: slice | torch.Tensor | None = None  # heads or units: the slice of the last dim acted on
 
 
 @dataclass
@@ -119,8 +124,8 @@ def run(
     def limit(first: Run) -> int:
         if chunk_size is not None:
             return chunk_size
-        height, width = _size(model, first)
-        return runs_per_chunk(model, height, width, first.cfg, memory_budget_gb * 2**30)
+        height, width = run_size(model, first)
+        return runs_per_chunk(model, height, width, model.adapter.cfg(first.guidance_scale), memory_budget_gb * 2**30)
 
     result = GraphResult()
     chunks = list(plan_chunks(graph, limit))
@@ -175,7 +180,7 @@ def _hook_points(
     `contexts[(prompt, site name)]` is what a swapped site's key/value projections read."""
     ranks = {name: i for i, name in enumerate(model.components)}
     points: dict[tuple[str, str, str], _HookPoint] = {}
-    n, cfg = len(chunk), graph.runs[chunk[0]].cfg
+    n, cfg = len(chunk), model.adapter.cfg(graph.runs[chunk[0]].guidance_scale)
 
     def point(component: str, path: str, io: str, tuple_output: bool) -> _HookPoint:
         key = (component, path, io)
@@ -190,19 +195,44 @@ def _hook_points(
             if isinstance(op, Swap):
                 for site in (model.site(s) for s in op.sites):
                     rows = _rows(index, n, cfg, op.branch, text=False)
+                    context = contexts[(op.prompt, swapped_layer(model, site).name)]
                     for kv in site.kv_paths:
-                        point(site.component, kv, "input", False).actions.append(
-                            _Action(op, name, rows, context=contexts[(op.prompt, site.name)]))
+                        if site.kind == HEAD:  # the head's slice of the key/value projection's output
+                            columns = slice(*site.columns)
+                            with torch.no_grad():
+                                projected = model.components[site.component].get_submodule(kv)(context)
+                            point(site.component, kv, "output", False).actions.append(
+                                _Action(op, name, rows, context=projected[..., columns], columns=columns))
+                        else:
+                            point(site.component, kv, "input", False).actions.append(_Action(op, name, rows,
+                                                                                             context=context))
                 continue
             site = model.site(op.site)
             rows = _rows(index, n, cfg, op.branch, site.is_text)
-            action = _Action(op, name, rows, element=site.element)
+            if op.heads is not None:  # the heads' slices of the out projection's input
+                site = model.site(f"{site.name}.head-{op.heads[0]}")
+            action = _Action(op, name, rows, element=site.element, columns=_columns(site, op))
             if isinstance(op, Restore):
                 action.source_rows = _rows(chunk.index(op.source), n, cfg, op.branch, site.is_text)
             point(site.component, site.path, site.io, site.tuple_output).actions.append(action)
     for hook in points.values():
         hook.actions.sort(key=lambda a: _PRIORITY.get(type(a.op), 0))
     return sorted(points.values(), key=lambda h: h.order)
+
+
+def swapped_layer(model: Model, site: Site) -> Site:
+    """The cross-attention layer whose text a swap of `site` (a layer or one of its heads) replaces."""
+    return model.site(site.parent) if site.kind == HEAD else site
+
+
+def _columns(site: Site, op: Operation) -> slice | torch.Tensor | None:
+    """The last-dim slice an op acts on: its `heads` (of `site`'s layer), a head site's own columns,
+    or its `units`; None for the whole activation."""
+    if op.heads is not None:
+        return torch.cat([torch.arange(h * site.head_dim, (h + 1) * site.head_dim) for h in op.heads])
+    if site.columns is not None:
+        return slice(*site.columns)
+    return None if op.units is None else torch.tensor(op.units)
 
 
 def _index(rows: list[int], tokens: tuple[int, ...] | None) -> Any:
@@ -219,25 +249,51 @@ def _noise(op: Noise, like: torch.Tensor) -> torch.Tensor:
     return (op.std * noise).to(like.device, like.dtype)
 
 
+def _read(out: torch.Tensor, rows: list[int], tokens: tuple[int, ...] | None, columns: Any) -> torch.Tensor:
+    """A copy of the selected rows (x tokens), narrowed to `columns` of the last dim."""
+    selected = out[_index(rows, tokens)]
+    return selected if columns is None else selected[..., columns]
+
+
+def _write(out: torch.Tensor, rows: list[int], tokens: tuple[int, ...] | None, columns: Any, value: Any) -> None:
+    """Write `value` (broadcast) into the selected rows (x tokens) and `columns` of `out`, in place."""
+    index = _index(rows, tokens)
+    if columns is None:
+        out[index] = value
+        return
+    selected = out[index]
+    selected[..., columns] = value
+    out[index] = selected
+
+
 def _apply(action: _Action, out: torch.Tensor, captures: _Captures) -> None:
-    """Carry out one row-level operation on a module output, in place."""
-    op = action.op
-    index = _index(action.rows, op.tokens)
-    if isinstance(op, Restore):
-        out[index] = out[_index(action.source_rows, op.tokens)]
+    """Carry out one row-level operation on a module's input or output, in place."""
+    op, rows, columns = action.op, action.rows, action.columns
+    tokens = None if isinstance(op, Swap) else op.tokens
+
+    def read() -> torch.Tensor:
+        return _read(out, rows, tokens, columns)
+
+    def value(raw: Any) -> torch.Tensor:
+        return torch.as_tensor(raw, dtype=out.dtype, device=out.device)
+
+    if action.context is not None:  # Swap: the layer (or head) reads another prompt's text
+        _write(out, rows, None, columns, value(action.context))
+    elif isinstance(op, Restore):
+        _write(out, rows, tokens, columns, _read(out, action.source_rows, tokens, columns))
     elif isinstance(op, Noise):
-        selected = out[index]
-        out[index] = selected + _noise(op, selected)
+        selected = read()
+        _write(out, rows, tokens, columns, selected + _noise(op, selected))
     elif isinstance(op, Set):
-        out[index] = torch.as_tensor(op.value, dtype=out.dtype, device=out.device)
+        _write(out, rows, tokens, columns, value(op.value))
     elif isinstance(op, Add):
-        out[index] = out[index] + torch.as_tensor(op.value, dtype=out.dtype, device=out.device)
+        _write(out, rows, tokens, columns, read() + value(op.value))
     elif isinstance(op, Zero):
-        out[index] = 0
+        _write(out, rows, tokens, columns, 0)
     elif isinstance(op, Scale):
-        out[index] = out[index] * op.factor
+        _write(out, rows, tokens, columns, read() * op.factor)
     elif isinstance(op, Capture):
-        captures.keep(action.run, op.key or op.site, out[index].detach().to("cpu").clone())
+        captures.keep(action.run, op.key or op.site, read().detach().to("cpu").clone())
 
 
 def _visit(envoy: Any, hook: _HookPoint, actions: list[_Action], captures: _Captures) -> None:
@@ -245,10 +301,7 @@ def _visit(envoy: Any, hook: _HookPoint, actions: list[_Action], captures: _Capt
     if hook.io == "input":
         value = envoy.input.clone()
         for action in actions:
-            if action.context is not None:  # Swap: the key/value projections read another prompt's text
-                value[action.rows] = action.context.to(value.device, value.dtype)
-            else:
-                _apply(action, value, captures)
+            _apply(action, value, captures)
         envoy.input = value
         return
     output = envoy.output
@@ -332,7 +385,7 @@ def _check_calls(model: Model, first: Run) -> None:
 def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool) -> tuple[torch.Tensor, dict]:
     runs: list[Run] = [graph.runs[name] for name in chunk]
     first = runs[0]
-    height, width = _size(model, first)
+    height, width = run_size(model, first)
     pipe, adapter = model.pipe, model.adapter
     with torch.no_grad():
         input_ids = [model.token_ids([r.prompt for r in runs], i) for i in range(len(model.tokenizers))]
@@ -341,9 +394,10 @@ def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool) -> 
             num_inference_steps=first.steps, guidance_scale=first.guidance_scale,
             height=height, width=width, output_type="pt", **adapter.call_kwargs(pipe),
         )
-        if first.cfg:
+        if adapter.cfg(first.guidance_scale):
             call_kwargs.update(adapter.uncond_kwargs(pipe, lambda: _encode(model, [""] * len(runs))))
-        swaps = {(op.prompt, model.site(s)) for r in runs for op in r.ops if isinstance(op, Swap) for s in op.sites}
+        swaps = {(op.prompt, swapped_layer(model, model.site(s))) for r in runs for op in r.ops if isinstance(op, Swap)
+                 for s in op.sites}
         conds = {p: _encode(model, [p]) for p in {p for p, _ in swaps}}
         by_prompt: dict[str, list[Site]] = defaultdict(list)
         for prompt, site in swaps:
@@ -381,10 +435,6 @@ def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool) -> 
     return adapter.postprocess(images.cpu()), stacked, dict(captures.calls)
 
 
-def _size(model: Model, run_: Run) -> tuple[int, int]:
-    """The run's (height, width), the model's default where unset."""
-    default_h, default_w = model.default_size()
-    return run_.height or default_h, run_.width or default_w
 
 
 def _encode(model: Model, prompts: list[str]) -> dict[str, torch.Tensor]:

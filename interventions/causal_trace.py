@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 
@@ -160,12 +160,26 @@ class TraceResult(ScoreGrid):
         cells = self.cells()
         return [(cells[i], float(ie[i]), float(std[i])) for i in order[:k]]
 
+    @property
+    def method(self) -> str:
+        """How the restored scores were made: exact patching, attribution patching (estimates), or
+        hybrid (estimates, the top cells verified by exact patching)."""
+        settings = self.settings
+        method = settings.get("method", "exact")
+        if method == "attribution":
+            return f"attribution patching (estimates; metric {settings.get('metric')}, {settings.get('points', 1)} point(s))"
+        if method == "hybrid":
+            return (f"hybrid (attribution, then its {len(settings.get('verified', []))} largest cells by exact "
+                    "patching; the others not measured)")
+        return "exact patching"
+
     def summary(self) -> str:
-        """One line: score, protocol, clean and corrupted means, units kept and dropped."""
+        """One line: score, protocol, method, clean and corrupted means, units kept and dropped."""
         kept = self.kept
         clean, corrupted = (interval(self.scores[k][kept]) if kept.any() else None for k in ("clean", "corrupted"))
         scores = f"clean {clean}  corrupted {corrupted}" if clean else "no unit kept"
         return (f"score {self.settings.get('scorer', 'clip-score')} · protocol {self.settings.get('protocol', 'paper')} · "
+                f"method {self.method} · "
                 f"{scores} · {int(kept.sum())} units kept, {self.dropped} dropped "
                 f"(total effect < {self.settings.get('min_effect', 0.0)})")
 
@@ -196,6 +210,8 @@ class TraceResult(ScoreGrid):
 CellRuns = Callable[[Unit, tuple[int, ...], str], list[list[Restore]]]
 Protocol = Literal["paper", "aligned"]
 PROTOCOLS = ("paper", "aligned")
+Method = Literal["exact", "attribution", "hybrid"]
+METHODS = ("exact", "attribution", "hybrid")
 
 
 def _trace(
@@ -256,10 +272,20 @@ def _trace(
                for (u, k), c, x in zip(rows, clean, corrupted)]
     settings = {**settings, "noise": noise, "noise_std": stds, "samples": samples, "steps": steps,
                 "guidance_scale": guidance_scale, "scorer": scorer.name, "protocol": protocol,
-                "min_effect": min_effect}
+                "min_effect": min_effect, "method": "exact"}
     shown = {n: image for n, image in images.items() if not n.endswith("/shadow")}
     return TraceResult(axes, coords, {"clean": clean, "corrupted": corrupted, "restored": restored},
                        records, settings, shown)
+
+
+def site_groups(model: Model, sites: Sequence[SiteGroup] | None) -> tuple[list[tuple[str, ...]], list[str]]:
+    """(canonical names of each group, each group's label) for `trace_unet`'s `sites` (every denoiser
+    site alone by default; a tuple is a group, `()` is "none", all denoiser sites "all")."""
+    denoiser = tuple(s.name for s in model.sites() if not s.is_text)
+    groups = list(denoiser) if sites is None else list(sites)
+    resolved = [(model.site(g).name,) if isinstance(g, str) else tuple(model.site(s).name for s in g) for g in groups]
+    labels = [{(): "none", denoiser: "all"}.get(names) or "+".join(names) for names in resolved]
+    return resolved, labels
 
 
 def trace_unet(
@@ -278,6 +304,9 @@ def trace_unet(
     progress: bool = True,
     protocol: Protocol = "paper",
     min_effect: float | None = None,
+    method: Method = "exact",
+    verify: int = 10,
+    **attribution: Any,
 ) -> TraceResult:
     """Causal trace of denoiser sites: restore each site's clean activation at every step.
 
@@ -294,11 +323,31 @@ def trace_unet(
     "aligned" takes the donor from the clean prompt evaluated on the restored run's own latent at
     each step (a shadow run), so such a site has IE 0 by construction. `branch` picks the
     classifier-free-guidance rows restored.
+
+    `method`: "exact" restores each site (one generation per site and unit, batched); "attribution"
+    estimates every site at once from one clean pass, one corrupted pass and one backward pass per
+    (prompt, seed) (`interventions.attribution.attribute`; extra keyword arguments such as `metric`,
+    `points`, `checkpoint` go to it); "hybrid" attributes everything, then restores the `verify`
+    sites with the largest estimates (in size) exactly and keeps only those (other cells NaN). The
+    result is the same grid; `settings["method"]` says which, for hybrid `settings["verified"]`
+    lists the exactly restored cells.
     """
-    denoiser = tuple(s.name for s in model.sites() if not s.is_text)
-    groups = list(denoiser) if sites is None else list(sites)
-    resolved = [(model.site(g).name,) if isinstance(g, str) else tuple(model.site(s).name for s in g) for g in groups]
-    labels = [{(): "none", denoiser: "all"}.get(names) or "+".join(names) for names in resolved]
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "exact" and attribution:
+        raise TypeError(f"trace_unet got {sorted(attribution)}, which only method='attribution' or 'hybrid' takes")
+    if method != "exact":
+        from interventions.attribution import attribute, hybrid_trace
+
+        if protocol != "paper" or branch != "both":
+            raise ValueError(f"method={method!r} estimates the paper protocol with both CFG branches restored; "
+                             "pass protocol='paper', branch='both', or method='exact'")
+        options = dict(sites=sites, seeds=seeds, noise=noise, samples=samples, steps=steps,
+                       guidance_scale=guidance_scale, scorer=scorer, min_effect=min_effect, progress=progress)
+        if method == "attribution":
+            return attribute(model, prompt, subject, **options, **attribution)
+        return hybrid_trace(model, prompt, subject, verify=verify, chunk_size=chunk_size, **options, **attribution)
+    resolved, labels = site_groups(model, sites)
     units = make_units(model, prompt, subject, seeds)
 
     def cell_runs(_unit: Unit, index: tuple[int, ...], clean: str) -> list[list[Restore]]:

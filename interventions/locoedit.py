@@ -12,7 +12,9 @@ applied (see `interventions.edits.apply`); its parameter names are relative to t
 What a layer reads differs per family: SD/SDXL, the prompt embedding (one set of keys for every
 layer, one solve); PixArt, the caption-projected T5 states (also shared); DeepFloyd IF, the
 projected T5 states group-normed by each attention (keys per layer); SD3, each joint block's own
-text stream, averaged over a short fixed-seed generation (see `StableDiffusion3Adapter.kv_inputs`).
+text stream, averaged over a short fixed-seed generation (see `StableDiffusion3Adapter.kv_inputs`);
+FLUX, the same in its double-stream blocks, and nothing in its single-stream blocks, whose one
+key/value projection serves text and image tokens alike (an approximation: see `models.flux`).
 Layers whose keys and targets agree share one solve. Where the sequence joins several tokenizers'
 tokens (SD3: CLIP, then T5), each part gives a key at its own last subject token, mapped onto the
 same part's target, so the concept cannot pass through the unedited part.
@@ -281,3 +283,66 @@ def cross_attention_layers(model: Model, layers: Layers = None) -> list[Site]:
         if site not in sites:
             sites.append(site)
     return sites
+
+
+ROW_GROUPS = ("row", "head")
+
+
+def neuron_edit(
+    model: Model,
+    old: str | Sequence[str] = ("van gogh",),
+    new: str | Sequence[str] = "painting",
+    layers: Layers = None,
+    fraction: float = 0.25,
+    by: str = "row",
+    heads: Sequence[int] | None = None,
+    **options: object,
+) -> Edit:
+    """Neuron-level LoCoEdit: the layer-level edit (`edit`, same arguments) kept only on the output
+    rows of each W_K and W_V (channels, or whole heads with `by="head"`) that an attribution selects.
+
+    The attribution of an output row is how far the full update moves it on the edit's own keys,
+    sum_i ((W* - W) k_i)_j^2; the top `fraction` of rows (or heads) of each matrix keep their update,
+    the rest keep their weights, so `fraction` of each matrix's entries change. The closed-form
+    problem is separable by output row (each row of W fits its own targets under its own
+    lambda-closeness term, preservation included), so this is the exact solution with the other rows
+    held fixed, not an approximation of it. `heads` names the heads to edit in every layer instead
+    (e.g. the top cells of a head-level trace, `trace_unet(..., sites=head_names(site))`), overriding
+    `fraction` and `by`. The selected rows are recorded in the metadata ("rows").
+    """
+    if not 0 < fraction <= 1:
+        raise EditInputError(f"fraction must be in (0, 1], got {fraction}: the share of each matrix's rows edited")
+    if by not in ROW_GROUPS:
+        raise EditInputError(f"by must be one of {ROW_GROUPS}, got {by!r}")
+    full = edit(model, old, new, layers, **options)
+    meta = full.metadata
+    keys = collect(model, old, new, meta["templates"], meta["target_prompt"], meta["layers"], meta["positions"])
+    weights, base, selected = {}, {}, {}
+    for name in meta["layers"]:
+        site = model.site(name)
+        for which in (0, 1):
+            parameter = _weight_names([site], which)[0]
+            original = model.denoiser.get_parameter(parameter).detach()
+            edited = full.weights[parameter]
+            effect = ((edited.double() - original.double()) @ keys[name][0].double().T).pow(2).sum(1)
+            group = site.head_dim if by == "head" or heads is not None else 1
+            scores = effect.view(-1, group).sum(1)
+            picked = (_heads(site, heads) if heads is not None
+                      else scores.topk(max(1, round(fraction * len(scores)))).indices.sort().values)
+            rows = (picked[:, None] * group + torch.arange(group)).flatten()
+            weights[parameter] = original.clone()
+            weights[parameter][rows] = edited[rows]
+            base[parameter] = original
+            selected[parameter] = rows.tolist()
+    chosen = {"heads": sorted(heads)} if heads is not None else {"by": by, "fraction": fraction}
+    metadata = {**meta, "rows": {**chosen, "selected": selected}}
+    return Edit(weights, metadata, base=base)
+
+
+def _heads(site: Site, heads: Sequence[int]) -> Tensor:
+    """The head indices `heads` of `site`, sorted, or `EditInputError` naming its valid range."""
+    bad = [h for h in heads if not 0 <= h < site.heads]
+    if bad or not heads:
+        raise EditInputError(f"heads {list(heads)} do not select heads of {site.name}, which has heads 0 .. "
+                             f"{site.heads - 1}")
+    return torch.tensor(sorted(set(heads)))

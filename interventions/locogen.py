@@ -16,6 +16,11 @@ Two controls sit beside the chosen window: a random set of m layers (fixed seed)
 target, and, on the tiny model, the collateral: the judge's P(value the prompt names) of the
 attributes left alone (object and color for a style window), chosen window swapped vs. no swap.
 All windows, prompts and seeds of one m are one graph.
+
+On SD3 and FLUX the layers are the joint (FLUX: double-stream) blocks' attentions, and what a
+swapped block reads for the target is its text stream averaged over a short generation (that stream
+is recomputed in every block and step: an approximation); FLUX has no unconditional branch, so the
+swap acts on its one row per image, and its single-stream blocks are never swapped.
 """
 
 from __future__ import annotations
@@ -276,7 +281,7 @@ class _Sweep:
 
     def swap(self, indices: Sequence[int], target: str) -> list[Swap]:
         """Layers `indices` see `target` (the cond branch only; without guidance it is the only one)."""
-        branch = "cond" if self.guidance_scale > 1 else "both"
+        branch = "cond" if self.model.adapter.cfg(self.guidance_scale) else "both"
         return [Swap(tuple(self.layers[i] for i in indices), target, branch=branch)]
 
     def windows(self, m: int) -> Runs:
@@ -340,8 +345,13 @@ def localize(
     scorer: Scorer | None = None,
     chunk_size: int | None = None,
     progress: bool = True,
+    layers: Sequence[str] | None = None,
 ) -> LocalizeResult:
     """Slide windows of m cross-attention layers fed `target_prompt`; score every window.
+
+    `layers`: what the windows slide over, in order: every cross-attention layer by default, or the
+    heads of one layer (`interp.sites.head_names(model.site("mid-cross-attn"))`), whose key and value
+    slices then see the target; with `window=1` that is one cell per head.
 
     `target_prompt` is one prompt for all, or one per prompt. With `window=None`, m grows from 1
     until the best window's share of the full swap's effect reaches `threshold` (or m reaches the
@@ -357,7 +367,8 @@ def localize(
         raise ValueError("pass at least one seed")
     if mode not in JUDGED:
         raise ValueError(f"mode must be 'lowest' (objects, style) or 'highest' (facts), got {mode!r}")
-    layers = [s.name for s in model.sites("cross-attn")]
+    layers = ([model.site(s).name for s in layers] if layers is not None
+              else [s.name for s in model.sites("cross-attn")])
     if window is not None:
         window_starts(len(layers), window)
     judged = JUDGED[mode] if judged is None else ((judged,) if isinstance(judged, str) else tuple(judged))

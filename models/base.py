@@ -18,7 +18,7 @@ from interp.sites import Event, Site, SitePattern, forward_events, latent_site, 
 
 ADAPTERS: dict[str, type["Adapter"]] = {}
 # imported on first lookup; each registers its adapters
-FAMILY_MODULES = ("models.sd", "models.sdxl", "models.deepfloyd", "models.pixart", "models.sd3")
+FAMILY_MODULES = ("models.sd", "models.sdxl", "models.deepfloyd", "models.pixart", "models.sd3", "models.flux")
 
 
 def register(*pipeline_classes: str) -> Callable[[type["Adapter"]], type["Adapter"]]:
@@ -56,6 +56,7 @@ class Adapter(ABC):
     tokenizers: ClassVar[tuple[str, ...]]
     patterns: ClassVar[dict[str, tuple[SitePattern, ...]]]
     max_lengths: ClassVar[tuple[int | None, ...]] = ()  # per tokenizer, where the pipeline fixes the length
+    embedded_guidance: ClassVar[bool] = False  # guidance is a denoiser input, not CFG rows (FLUX.1)
 
     def components(self, pipe: Any) -> dict[str, torch.nn.Module]:
         """Component name -> module, text encoders first (their forward comes first)."""
@@ -114,6 +115,11 @@ class Adapter(ABC):
     def preprocess(self, prompt: str) -> str:
         """The prompt text the pipeline tokenizes (T5 pipelines lowercase and strip it)."""
         return prompt
+
+    def cfg(self, guidance_scale: float) -> bool:
+        """Whether a run at `guidance_scale` has classifier-free-guidance rows [uncond..., cond...] in the
+        denoiser's batch: above 1, unless the family embeds its guidance (FLUX.1: one row per image)."""
+        return guidance_scale > 1.0 and not self.embedded_guidance
 
     def call_kwargs(self, pipe: Any) -> dict[str, Any]:
         """Extra kwargs of every pipeline call (e.g. turning off a size rounding the runner must not do)."""

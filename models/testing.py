@@ -1,4 +1,4 @@
-"""Tiny pipelines (SD, SDXL, DeepFloyd IF, PixArt, SD3) built from configs with random weights, offline.
+"""Tiny pipelines (SD, SDXL, DeepFloyd IF, PixArt, SD3, FLUX) built from configs with random weights, offline.
 
 The pattern of diffusers' own ``get_dummy_components``: every component is built from a small
 config, the tokenizer from a local vocabulary, so tests and adapter authors never touch a hub.
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 from diffusers import (
-    AutoencoderKL, DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler, IFPipeline, PixArtAlphaPipeline,
+    AutoencoderKL, DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel,
+    IFPipeline, PixArtAlphaPipeline,
     PixArtTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline,
     StableDiffusionXLPipeline, UNet2DConditionModel,
 )
@@ -187,5 +188,27 @@ def dummy_sd3_pipeline(seed: int = 0, width: int = 32) -> StableDiffusion3Pipeli
         text_encoder_2=dummy_text_encoder(tokenizer_2, width, 2, projection=True), tokenizer_2=tokenizer_2,
         text_encoder_3=dummy_t5_encoder(tokenizer_3, 2 * width), tokenizer_3=tokenizer_3,
     )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def dummy_flux_pipeline(seed: int = 0, width: int = 32) -> FluxPipeline:
+    """A random-weight FLUX.1-dev-shaped pipeline (diffusers' own FLUX test transformer at our sizes,
+    our encoders and tokenizers): a CLIP encoder (pooled output only) and a T5 as wide as the
+    transformer's text input, guidance embedding on, 2 double-stream and 2 single-stream blocks, 16 px
+    images by default (8x8 latents packed into 4x4 tokens of 2x2 patches)."""
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2 = dummy_tokenizer(), dummy_t5_tokenizer(max_length=512)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=width, pooled_projection_dim=width, guidance_embeds=True, axes_dims_rope=(4, 6, 6),
+    )
+    pipe = FluxPipeline(
+        transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=dummy_vae(shift_factor=0.1159, scaling_factor=0.3611),
+        text_encoder=dummy_text_encoder(tokenizer, width, 2), tokenizer=tokenizer,
+        text_encoder_2=dummy_t5_encoder(tokenizer_2, width), tokenizer_2=tokenizer_2,
+    )
+    pipe.default_sample_size = 8  # 16 px by default (the real pipeline's 128 latents: 1024 px)
     pipe.set_progress_bar_config(disable=True)
     return pipe

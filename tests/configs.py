@@ -43,7 +43,7 @@ IF_I_XL_UNET = {  # DeepFloyd IF-I-XL-v1.0 stage I UNet (pixel space, 64 px)
     "up_block_types": ["SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D",
                        "ResnetUpsampleBlock2D"],
 }
-T5_V11_XXL = {  # google/t5-v1_1-xxl encoder (DeepFloyd IF, PixArt, SD3)
+T5_V11_XXL = {  # google/t5-v1_1-xxl encoder (DeepFloyd IF, PixArt, SD3, FLUX)
     "d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_heads": 64, "num_layers": 24, "vocab_size": 32128,
     "feed_forward_proj": "gated-gelu", "relative_attention_num_buckets": 32, "tie_word_embeddings": False,
 }
@@ -57,4 +57,9 @@ SD3_MEDIUM_TRANSFORMER = {  # stabilityai/stable-diffusion-3-medium-diffusers tr
     "attention_head_dim": 64, "caption_projection_dim": 1536, "in_channels": 16, "joint_attention_dim": 4096,
     "num_attention_heads": 24, "num_layers": 24, "out_channels": 16, "patch_size": 2, "pooled_projection_dim": 2048,
     "pos_embed_max_size": 192, "sample_size": 128,
+}
+FLUX_1_DEV_TRANSFORMER = {  # black-forest-labs/FLUX.1-dev transformer (19 double-, 38 single-stream blocks)
+    "attention_head_dim": 128, "axes_dims_rope": [16, 56, 56], "guidance_embeds": True, "in_channels": 64,
+    "joint_attention_dim": 4096, "num_attention_heads": 24, "num_layers": 19, "num_single_layers": 38,
+    "patch_size": 1, "pooled_projection_dim": 768,
 }

@@ -36,7 +36,8 @@ def check_family(
     graph.add(Run("restored", PROMPT, ops=[*noise, *(Restore(s.name, source="clean") for s in model.sites())],
                   **settings))
     if swap:
-        graph.add(Run("swapped", PROMPT, ops=[Swap(swap, "a painting")], **settings))
+        branch = "cond" if model.adapter.cfg(guidance_scale) else "both"  # FLUX: one row per image
+        graph.add(Run("swapped", PROMPT, ops=[Swap(swap, "a painting", branch=branch)], **settings))
     images = run(model, graph, progress=False).images
     with torch.no_grad():
         plain = pipe(PROMPT, num_inference_steps=2, guidance_scale=guidance_scale, output_type="pt",

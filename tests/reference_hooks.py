@@ -35,6 +35,38 @@ def hooks(model: interp.Model, edits: dict[str, Callable[[torch.Tensor], None]])
 
 
 @contextmanager
+def module_hooks(edits: dict[torch.nn.Module, Callable[[torch.Tensor], None]], io: str = "input") -> Iterator[None]:
+    """In-place `edit(tensor)` on each module's first input (a clone, passed on) or its output, at every
+    call: the reference for head sites (an attention's out projection input, last dim split into heads)
+    and neuron sites (a feed-forward's output projection input)."""
+    handles = []
+    for module, edit in edits.items():
+        if io == "input":
+            def pre(_m, args, edit=edit):
+                new = args[0].clone()
+                edit(new)
+                return (new, *args[1:])
+
+            handles.append(module.register_forward_pre_hook(pre))
+        else:
+            def post(_m, _args, out, edit=edit):
+                edit(out)
+
+            handles.append(module.register_forward_hook(post))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def head_columns(attention: torch.nn.Module, head: int) -> slice:
+    """Head `head`'s columns of a diffusers `Attention`'s inner width, from the module itself."""
+    width = attention.to_out[0].in_features // attention.heads
+    return slice(head * width, (head + 1) * width)
+
+
+@contextmanager
 def swap_inputs(model: interp.Model, site_names: list[str], rows: list[int], context: torch.Tensor) -> Iterator[None]:
     """Replace the key/value projections' input rows of cross-attention sites with `context`."""
     handles = []

@@ -1,4 +1,4 @@
-"""Every recipe end to end on each family's reduced random model (SD, SDXL, DeepFloyd IF, PixArt, SD3):
+"""Every recipe end to end on each family's reduced random model (SD, SDXL, DeepFloyd IF, PixArt, SD3, FLUX):
 causal traces of the denoiser and the text encoders, LoCoGen, DiffQuickFix (CLIP encoders only) and
 LoCoEdit. Results have one cell per site or window; an edit changes exactly its parameters, and
 reverting it restores every tensor of the pipeline bit for bit."""
@@ -19,14 +19,15 @@ from interventions.edits import is_clip
 from interventions.locogen import localize
 from models import sd3
 from models.testing import (
-    dummy_if_pipeline, dummy_pixart_pipeline, dummy_sd3_pipeline, dummy_sd_pipeline, dummy_sdxl_pipeline,
+    dummy_flux_pipeline, dummy_if_pipeline, dummy_pixart_pipeline, dummy_sd3_pipeline, dummy_sd_pipeline,
+    dummy_sdxl_pipeline,
 )
 from tests.conftest import PROMPT
 from tests.random_clip import random_clip_scorer
 from tests.test_diffquickfix import changed, snapshot
 
 FAMILIES = {"sd": dummy_sd_pipeline, "sdxl": dummy_sdxl_pipeline, "deepfloyd": dummy_if_pipeline,
-            "pixart": dummy_pixart_pipeline, "sd3": dummy_sd3_pipeline}
+            "pixart": dummy_pixart_pipeline, "sd3": dummy_sd3_pipeline, "flux": dummy_flux_pipeline}
 FAST = dict(seeds=(0,), steps=2, progress=False)
 
 
@@ -75,7 +76,7 @@ def test_locogen_scores_every_window(family, scorer) -> None:
 
 def test_diffquickfix_edits_each_clip_encoder_and_refuses_t5(family) -> None:
     clip = [n for n, e in zip(family.adapter.text_encoders, family.text_encoders) if is_clip(e)]
-    assert bool(clip) == (family.adapter.family in ("sd", "sdxl", "sd3"))
+    assert bool(clip) == (family.adapter.family in ("sd", "sdxl", "sd3", "flux"))
     for encoder in clip:
         edit = diffquickfix.edit(family, encoder=encoder)
         (name,) = edit.changed_parameters

@@ -1,5 +1,5 @@
 """The notebooks run clean, top to bottom, on the bundled tiny model (05 on a random reduced PixArt-Σ,
-scored by the tiny model's CLIP); git holds them without outputs.
+06 on a random reduced FLUX, both scored by the tiny model's CLIP); git holds them without outputs.
 
 Executing them is marked slow (about a minute each on a shared 2-core CPU, kernel start included):
 CI runs `python -m pytest -m slow tests/test_notebooks.py`.
@@ -20,8 +20,8 @@ tiny_built = pytest.mark.skipif(not (WEIGHTS_DIR / "model_index.json").is_file()
                                 reason="the bundled tiny model is not built (python -m models.tiny.train)")
 
 
-def test_the_five_walkthroughs_exist():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05"]
+def test_the_six_walkthroughs_exist():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

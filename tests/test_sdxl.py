@@ -10,15 +10,19 @@ from tests.configs import SD15_TEXT, SDXL_TEXT_G, SDXL_UNET
 from tests.family_checks import check_family
 
 
-def test_sdxl_full_size_sites_on_meta():
+def sdxl_meta_pipeline() -> StableDiffusionXLPipeline:
+    """A full-size SDXL pipeline with no weights (meta device): enough to name and lay out sites."""
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(SDXL_UNET)
         text = CLIPTextModel(CLIPTextConfig(**SD15_TEXT))
         text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_G))
-    pipe = StableDiffusionXLPipeline(vae=None, text_encoder=text, text_encoder_2=text_2, tokenizer=dummy_tokenizer(),
+    return StableDiffusionXLPipeline(vae=None, text_encoder=text, text_encoder_2=text_2, tokenizer=dummy_tokenizer(),
                                      tokenizer_2=dummy_tokenizer(pad_token="!"), unet=unet, scheduler=None,
                                      add_watermarker=False)
-    model = interp.load(pipe)
+
+
+def test_sdxl_full_size_sites_on_meta():
+    model = interp.load(sdxl_meta_pipeline())
     cross = model.sites("cross-attn")
     assert len(cross) == 70
     assert [s.block for s in cross] == ["down"] * 24 + ["mid"] * 10 + ["up"] * 36

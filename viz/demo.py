@@ -55,7 +55,9 @@ def _runs(results: DemoResults) -> list[list[object]]:
         for label, result in [*((f"UNet trace ({p})", r) for p, r in traces.items()),
                               ("text-encoder trace", results.text[attribute])]:
             rows.append([f"{attribute}: {label}", design(result), f"{int(result.kept.sum())} / {result.dropped}",
-                         result.settings.get("protocol", "paper"), result.settings["scorer"]])
+                         result.settings.get("protocol", "paper")
+                         + ("" if result.settings.get("method", "exact") == "exact" else f", {result.method}"),
+                         result.settings["scorer"]])
     for attribute, result in results.locogen.items():
         prompts, seeds = (len({u[k] for u in result.units}) for k in ("prompt", "seed"))
         rows.append([f"{attribute}: LoCoGen", f"{prompts} prompts x {seeds} seeds ({len(result.units)} units)",

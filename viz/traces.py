@@ -25,7 +25,7 @@ from viz.style import PALETTE, error_bars, ie_coloraxis, styled, symmetric_range
 Value = Literal["ie", "normalized_ie"]
 TEXT_SITE = re.compile(r"^(?P<encoder>text\d*)-(?P<kind>embed|self-attn|mlp|hidden)(?:-(?P<layer>\d+))?$")
 UNET_ROWS = ("resnet", "self-attn", "cross-attn", "ff")
-DIT_SITE = re.compile(r"^block-(?P<index>\d+)(?:-(?P<kind>[a-z][a-z-]*))?$")
+DIT_SITE = re.compile(r"^(?P<stream>block|single)-(?P<index>\d+)(?:-(?P<kind>[a-z][a-z-]*))?$")
 UNET_SITE = re.compile(r"^(?P<block>[^+]+?)-(?P<kind>resnet|self-attn|cross-attn|ff)(?:[-.](?P<index>[\d.]+))?$")
 VALUE_TITLES = {"ie": "IE", "normalized_ie": "normalised IE"}
 SPECIAL_TOKENS = {"<|startoftext|>": "BOS", "<|endoftext|>": "EOS"}  # CLIP's, shortened on the axis
@@ -46,8 +46,8 @@ def _values(result: TraceResult, value: Value) -> np.ndarray:
 
 
 def _subtitle(result: TraceResult, protocol: bool = True) -> str:
-    """The trace's prompts, subject, units (kept, dropped), scorer, protocol (if `protocol`) and
-    total effect."""
+    """The trace's prompts, subject, units (kept, dropped), scorer, protocol (if `protocol`), method
+    (exact patching, attribution estimates, or hybrid) and total effect."""
     prompts = sorted({u["prompt"] for u in result.units})
     subjects = sorted({u.get("subject", "") for u in result.units})
     shown = repr(prompts[0]) if len(prompts) == 1 else f"{len(prompts)} prompts"
@@ -56,6 +56,7 @@ def _subtitle(result: TraceResult, protocol: bool = True) -> str:
     return (f"{shown}, subject {' / '.join(map(repr, subjects))} · {int(result.kept.sum())} units kept, "
             f"{result.dropped} dropped · {settings.get('scorer', 'score')}"
             + (f" · protocol {settings.get('protocol', 'paper')}" if protocol else "")
+            + f" · {result.method}"
             + f" · clean - corrupted {total if total else 'n/a'}")
 
 
@@ -135,11 +136,15 @@ def unet_layout(names: list[str]) -> list[Cell]:
 def dit_layout(names: list[str]) -> tuple[tuple[str, ...], list[Cell]]:
     """Rows and cells of DiT sites (`block-N[-kind]`): a column per transformer block, a row per
     site kind ("block" for the block's output), image-stream rows first, then SD3's text stream
-    (kinds starting with "text"), each in order of first appearance. Other names are skipped."""
+    (kinds starting with "text"), each in order of first appearance. FLUX's single-stream blocks
+    (`single-M[-kind]`, labelled "sM") follow its double-stream ones. Other names are skipped."""
     found = [(name, match) for name in names if (match := DIT_SITE.match(name))]
     kinds = dict.fromkeys(match["kind"] or "block" for _, match in found)
     rows = tuple(sorted(kinds, key=lambda kind: kind.startswith("text")))
+    doubles = 1 + max((int(m["index"]) for _, m in found if m["stream"] == "block"), default=-1)
     cells = [Cell(name, rows.index(match["kind"] or "block"), int(match["index"]), match["index"])
+             if match["stream"] == "block" else
+             Cell(name, rows.index(match["kind"] or "block"), doubles + int(match["index"]), f"s{match['index']}")
              for name, match in found]
     return rows, cells
 

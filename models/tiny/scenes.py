@@ -423,3 +423,28 @@ def attributes_named_by(words: str) -> tuple[str, ...] | None:
     if words in NAMED:
         return ("object", "color", "mark") if NAMED[words][2] != "none" else ("object", "color")
     return None
+
+
+def object_mask(scene: Scene) -> np.ndarray:
+    """Coverage in [0, 1] of the scene's object(s) in `render(scene)`, shape (SIZE, SIZE): the
+    ground truth a segmentation of the rendered image is checked against. Replays `render`'s
+    random draws up to the layout (background level and tint, color jitter)."""
+    rng = np.random.default_rng(scene.seed)
+    rng.uniform(175, 225), rng.uniform(-8, 8, size=3), rng.uniform(-12, 12, size=3)
+    centers, radius = _layout(scene.count, rng)
+    return _mask(scene.object, centers, radius)
+
+
+MIN_CHROMA = 48.0  # max - min channel: the world's gray backgrounds stay below ~30, its colors above ~140
+
+
+def colored_mask(image: np.ndarray, min_chroma: float = MIN_CHROMA) -> np.ndarray:
+    """Where an image of the world (uint8 (H, W, 3), rendered or generated) shows an object: the
+    pixels whose chroma exceeds `min_chroma`, closed over 3x3 (so a mondrian line or a pollock drop
+    across the object does not cut it). The world draws flat, saturated objects on a gray
+    background and its styles only shade lightness, so chroma separates them; this is how a
+    generated image's object is found, since captions do not say where it is."""
+    pixels = np.asarray(image, dtype=np.float32)
+    found = Image.fromarray(((pixels.max(-1) - pixels.min(-1)) > min_chroma).astype(np.uint8) * 255)
+    closed = found.filter(ImageFilter.MaxFilter(3)).filter(ImageFilter.MinFilter(3))
+    return np.asarray(closed) > 127

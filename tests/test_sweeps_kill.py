@@ -1,0 +1,110 @@
+"""A sweep's driver SIGKILLed at 5 random moments, resumed each time, ends with the results of an
+uninterrupted sweep: nothing on file is lost, no unit is on file twice, no half-written file stays.
+Here with the local engine (the driver computes); tests/test_sweeps_ray.py kills Ray's driver."""
+
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+import torch
+
+from interp.sweeps import SweepStore
+from interventions import sweep_recipes
+from interventions.prompt_sets import load_prompt_set
+
+SITES = ["down-0-cross-attn-0", "mid-cross-attn"]
+
+
+def unit_results(folder: Path) -> dict[str, tuple]:
+    """Per-unit results on file: key -> (index, clean, corrupted, restored); asserts none is twice."""
+    rows = SweepStore(folder).rows()
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)) and len({r["index"] for r in rows}) == len(rows)
+    return {r["key"]: (r["index"], r["clean"], r["corrupted"], tuple(r["restored"])) for r in rows}
+
+
+class Driver(Protocol):
+    """A started sweep driver: a subprocess.Popen or a multiprocessing.Process."""
+
+    pid: int
+
+
+def _running(driver) -> bool:
+    return driver.poll() is None if isinstance(driver, subprocess.Popen) else driver.is_alive()
+
+
+def kill_five_times(start: Callable[[], Driver], out: Path, seed: int = 0) -> list[int]:
+    """Start a sweep driver with `start` (a sweep with --resume into `out`) and SIGKILL it 5 times at
+    random moments: after 0 to 2 more units are on file, plus 0 to 0.3 s. Returns the units on file
+    after each kill."""
+    rng, on_file = random.Random(seed), []
+    for _ in range(5):
+        before, wanted = len(SweepStore(out).finished_keys()), rng.randint(0, 2)
+        driver = start()
+        deadline = time.time() + 300
+        while len(SweepStore(out).finished_keys()) < before + wanted and _running(driver) and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
+        assert _running(driver), "the sweep finished before it could be killed; give it more units"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait() if isinstance(driver, subprocess.Popen) else driver.join()
+        on_file.append(len(SweepStore(out).finished_keys()))
+    return on_file
+
+
+def sweep_command(prompts: Path, out: Path, samples: int, *options: str) -> list[str]:
+    return [sys.executable, "-m", "interp.cli", "sweep", "trace-unet", "--prompts", str(prompts), "--out", str(out),
+            "--seeds", "2", "--samples", str(samples), "--steps", "2", *[a for s in SITES for a in ("--site", s)],
+            "--resume", *options]
+
+
+def _reference(tmp_path: Path):
+    torch.set_num_threads(1)
+    rows = load_prompt_set("tiny/style")[:4]
+    plan = sweep_recipes.plan("trace-unet", "tiny", rows, seeds=[0, 1], samples=4, steps=2, sites=SITES)
+    sweep_recipes.run_sweep(plan, tmp_path / "reference", progress=False)
+    return rows, plan, unit_results(tmp_path / "reference")
+
+
+def test_driver_process_killed_five_times_then_resumed_equals_an_uninterrupted_sweep(tmp_path):
+    """The driver is a forked copy of this process (no start-up cost), SIGKILLed mid-sweep."""
+    _, plan, reference = _reference(tmp_path)
+    out = tmp_path / "killed"
+
+    def start() -> multiprocessing.Process:
+        driver = multiprocessing.get_context("fork").Process(
+            target=sweep_recipes.run_sweep, args=(plan, out), kwargs={"resume": True, "progress": False})
+        driver.start()
+        return driver
+
+    on_file = kill_five_times(start, out)
+    stats = sweep_recipes.run_sweep(plan, out, resume=True, progress=False)
+    assert on_file == sorted(on_file) and on_file[-1] > 0  # nothing on file is ever lost
+    assert (stats.skipped, stats.computed) == (on_file[-1], 32 - on_file[-1])  # no finished unit computed again
+    assert unit_results(out) == reference  # none lost, none twice, bit-equal
+    assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.slow  # six `interp sweep` processes, each importing torch and loading the model
+def test_cli_driver_killed_five_times_then_resumed_equals_an_uninterrupted_sweep(tmp_path):
+    rows, _, reference = _reference(tmp_path)
+    prompts = tmp_path / "set.csv"
+    prompts.write_text("prompt,subject,attribute\n" + "".join(f"{r.prompt},{r.subject},{r.attribute}\n" for r in rows))
+    out, env = tmp_path / "killed", {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = sweep_command(prompts, out, 4)
+    on_file = kill_five_times(lambda: subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                                       stderr=subprocess.DEVNULL), out)
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert on_file == sorted(on_file) and on_file[-1] > 0  # nothing on file is ever lost
+    assert unit_results(out) == reference  # none lost, none twice, bit-equal
+    assert f"{32 - on_file[-1]} units computed, {on_file[-1]} on file before" in finished.stdout
+    assert not list(out.rglob("*.tmp"))
