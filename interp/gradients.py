@@ -159,7 +159,7 @@ def generate(
     pipe.set_progress_bar_config(disable=True)
     try:
         with torch.enable_grad() if grad else torch.no_grad():
-            uncond = adapter.uncond_kwargs(pipe, lambda: _encode(model, [""] * n)) if guidance_scale > 1 else {}
+            uncond = adapter.uncond_kwargs(pipe, lambda: _encode(model, [""] * n)) if adapter.cfg(guidance_scale) else {}
             with _noised(model, noises or [[] for _ in prompts]), (
                 _site_hooks(model, [s for s in sites if s.is_text], edit, lambda: None) if edit else nullcontext()
             ):

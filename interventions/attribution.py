@@ -145,7 +145,7 @@ def _unit_estimates(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One (prompt, seed): (clean image (3, H, W), corrupted images (samples, 3, H, W), estimates
     (samples, sites, calls)) from a clean pass and `points` gradient passes of `samples` rows."""
-    cfg = guidance_scale > 1
+    cfg = model.adapter.cfg(guidance_scale)
     calls = len(call_steps(model.pipe.scheduler, steps))
     prompts, seeds = [unit.prompt] * samples, [unit.seed] * samples
     corrupts = [corruption(model, unit, stds, k) for k in range(samples)]

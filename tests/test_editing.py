@@ -400,3 +400,19 @@ def test_lora_export_loads_in_diffusers(tmp_path):
     model.pipe.fuse_lora()
     fused = model.pipe.unet.get_submodule(name.removesuffix(".weight")).base_layer.weight
     assert ((fused - edit.weights[name]).norm() / edit.weights[name].norm()) <= 1e-6
+
+
+def test_delta_of_a_low_rank_update_keeps_its_rank_without_a_full_svd():
+    """A rank-10 update of a 256 x 512 matrix: the sketched SVD finds rank 10 and the same ΔW as the
+    full SVD truncated at the rounding level."""
+    from interp.editing import Delta
+
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(256, 512, generator=generator) * 0.02
+    update = torch.randn(256, 10, generator=generator, dtype=torch.float64) @ torch.randn(10, 512, generator=generator, dtype=torch.float64)
+    edited = (base.double() + 0.01 * update).float()
+    delta = Delta.between(base, edited)
+    dense = edited.double() - base.double()
+    u, s, vh = torch.linalg.svd(dense, full_matrices=False)
+    assert delta.rank == 10
+    torch.testing.assert_close(delta.dense(), (u[:, :10] * s[:10]) @ vh[:10], rtol=0, atol=1e-12)
