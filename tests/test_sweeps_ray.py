@@ -7,6 +7,7 @@ The cluster is stopped by ending the process group of its `ray start --block`, n
 which would stop every Ray instance on the machine (other users' too)."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,7 +61,7 @@ def cluster():
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):  # `ray start --block` may ignore SIGTERM
             try:
                 os.killpg(head.pid, sig)
                 head.wait(wait)
@@ -68,6 +69,7 @@ def cluster():
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 continue
         log.close()
+        shutil.rmtree(temp, ignore_errors=True)
         if auth is None:
             os.environ.pop("RAY_AUTH_MODE", None)
         else:

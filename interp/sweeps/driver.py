@@ -29,11 +29,6 @@ class SweepStats:
     wall_seconds: float
     compute_seconds: float
 
-    def outside_model(self, workers: int) -> float:
-        """Share of the workers' time not spent in the recipe's compute (the model): starting the
-        engine, loading models, scheduling, transfers, writing, idling."""
-        return 1 - self.compute_seconds / (workers * self.wall_seconds) if self.wall_seconds else float("nan")
-
 
 def run_units(task: Task, units: Sequence[UnitSpec], store: SweepStore, engine: Engine,
               progress: bool = True) -> SweepStats:
