@@ -509,6 +509,8 @@ def evaluate(
 class SweepRecipe(str, enum.Enum):
     trace_unet = "trace-unet"
     trace_text = "trace-text"
+    locogen = "locogen"
+    edit_eval = "edit-eval"
 
 
 class SweepEngine(str, enum.Enum):
@@ -519,9 +521,11 @@ class SweepEngine(str, enum.Enum):
 @app.command()
 @user_errors
 def sweep(
-    recipe: SweepRecipe = typer.Argument(..., help="trace-unet (denoiser sites) or trace-text (text-encoder states "
-                                         "by token role)"),
-    prompts: str = typer.Option(..., help="a CSV/JSONL prompt set (prompt, subject, attribute, target) or a bundled "
+    recipe: SweepRecipe = typer.Argument(..., help="trace-unet (denoiser sites), trace-text (text-encoder states "
+                                         "by token role), locogen (windows of --window cross-attention layers "
+                                         "fed each row's target, default 'a painting') or edit-eval (the --edit's "
+                                         "evaluation: its own held-out prompts under each condition)"),
+    prompts: Optional[str] = typer.Option(None, help="traces, locogen: a CSV/JSONL prompt set (prompt, subject, attribute, target) or a bundled "
                                 "one: tiny/style, tiny/object, tiny/color, tiny/facts, tiny/characters, real/objects, "
                                 "real/styles, real/colors, real/actions, real/facts"),
     out: Path = typer.Option(..., help="the sweep folder: sweep.json, units/<key>.parquet, failed/, result/"),
@@ -544,19 +548,47 @@ def sweep(
     threads: int = typer.Option(1, min=1, help="torch threads per worker (the local engine uses as many)"),
     clip: Optional[str] = typer.Option(None, help=CLIP_HELP + "; on the tiny model its judge scores unless given"),
     device: str = typer.Option("cpu", help=DEVICE_HELP),
+    window: Optional[int] = typer.Option(None, min=1, help="locogen: m, the consecutive cross-attention layers "
+                                         "swapped (required: a sweep keeps m fixed; sweep each m in its own --out)"),
+    mode: Wins = typer.Option(Wins.lowest, help="locogen: lowest score wins (style, objects) or highest (facts)"),
+    control_seed: int = typer.Option(0, help="locogen: seed of the random control's layers; edit-eval: of the "
+                                     "random-layer control's choice"),
+    edit: Optional[Path] = typer.Option(None, help="edit-eval: an edit written by `interp edit --save`"),
+    images: int = typer.Option(128, min=1, help="edit-eval: images per group and condition (prompts x seeds)"),
 ) -> None:
-    """Run a recipe over a prompt set as units (prompt x seed x noise sample), each stored as it
-    finishes; --resume finishes a killed sweep. Prints the aggregate and writes <out>/result/."""
+    """Run a recipe over a prompt set as units (prompt x seed x noise sample; locogen: prompt x
+    seed; edit-eval: the evaluation's prompt x seed x condition), each stored as it finishes;
+    --resume finishes a killed sweep. Prints the aggregate and writes <out>/result/."""
+    from interventions.sweep_edit_eval import plan_edit_eval
+    from interventions.sweep_locogen import plan_locogen
     from interventions.sweep_recipes import aggregate, plan, run_sweep
 
+    if (recipe is SweepRecipe.edit_eval) != (edit is not None) or (recipe is SweepRecipe.edit_eval) == bool(prompts):
+        raise ValueError("edit-eval takes --edit (its prompts are the evaluation's own); the other recipes take "
+                         "--prompts and no --edit")
+    if recipe is SweepRecipe.locogen and window is None:
+        raise ValueError("a locogen sweep needs --window M: m is fixed for a sweep (sweep each m in its own --out)")
+    traced = recipe in (SweepRecipe.trace_unet, SweepRecipe.trace_text)
+    if (not traced and (site or layer)) or (recipe is not SweepRecipe.locogen and window is not None):
+        raise ValueError("--window is for locogen, --site and --layer for the traces; drop the ones your recipe "
+                         "does not take")
     _writable_sweep(out, resume)
-    if clip is None and model not in ("tiny", "dummy"):
+    if recipe is SweepRecipe.edit_eval and model != "tiny":
+        typer.echo("warning: judging with the tiny world's judge, which reads only the tiny world's scenes", err=True)
+    elif clip is None and model not in ("tiny", "dummy"):
         typer.echo("warning: scoring with the tiny model's CLIP, which knows only its own words; pass --clip "
                    "(e.g. openai/clip-vit-large-patch14) for real models", err=True)
     _device(device)
-    planned = plan(recipe.value, model, prompts, range(seeds), samples, steps, sites=site or None,
-                   layers=layer or None, protocol=protocol.value, clip=clip, min_effect=min_effect, device=device,
-                   threads=threads)
+    if recipe is SweepRecipe.edit_eval:
+        planned = plan_edit_eval(model, edit, images_per_group=images, control_seed=control_seed, steps=steps,
+                                 device=device, threads=threads)
+    elif recipe is SweepRecipe.locogen:
+        planned = plan_locogen(model, prompts, window, range(seeds), steps, mode=mode.value, control_seed=control_seed,
+                               clip=clip, device=device, threads=threads)
+    else:
+        planned = plan(recipe.value, model, prompts, range(seeds), samples, steps, sites=site or None,
+                       layers=layer or None, protocol=protocol.value, clip=clip, min_effect=min_effect,
+                       device=device, threads=threads)
     stats = run_sweep(planned, out, engine.value, address, workers, gpus_per_actor, resume, _progress())
     result = aggregate(out)
     result.save(out / "result")

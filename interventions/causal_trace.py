@@ -212,6 +212,45 @@ Protocol = Literal["paper", "aligned"]
 PROTOCOLS = ("paper", "aligned")
 Method = Literal["exact", "attribution", "hybrid"]
 METHODS = ("exact", "attribution", "hybrid")
+AddRun = Callable[[str, list], str]  # (run name, ops) -> the name, after adding the run to a graph
+
+
+def add_sample_runs(
+    add: AddRun, prefix: str, corrupt: list[Noise], cells: Sequence[tuple[tuple[int, ...], str]],
+    runs_of: Callable[[tuple[int, ...]], list[list[Restore]]], protocol: Protocol,
+) -> dict[tuple[int, ...], list[str]]:
+    """Add one noise sample's runs of a unit: `prefix`corrupted, then each cell's restored runs
+    (`prefix`<label>/<j>, corrupted by `corrupt` and restoring `runs_of(index)`). Under the aligned
+    protocol each restored run first gets a shadow (<name>/shadow: the clean prompt on the restored
+    run's own latent) to restore from instead. Returns cell index -> its restored run names.
+    Shared by the in-memory traces (`_trace`) and the sweeps' units (`interventions.sweep_recipes`)."""
+    add(f"{prefix}corrupted", corrupt)
+    names: dict[tuple[int, ...], list[str]] = {}
+    for index, label in cells:
+        names[index] = []
+        for j, restores in enumerate(runs_of(index)):
+            name = f"{prefix}{label}/{j}"
+            if protocol == "aligned":
+                shadow = add(f"{name}/shadow", [Restore(LATENT, source=name)])
+                restores = [replace(op, source=shadow) for op in restores]
+            names[index].append(add(name, [*corrupt, *restores]))
+    return names
+
+
+def restored_scores(cells: dict[tuple[int, ...], list[str]], scores: dict[str, float],
+                    shape: tuple[int, ...]) -> np.ndarray:
+    """A (shape) grid of each cell's mean score over its restored runs; NaN where it has none."""
+    restored = np.full(shape, np.nan)
+    for index, names in cells.items():
+        if names:
+            restored[index] = np.mean([scores[n] for n in names])
+    return restored
+
+
+def role_positions(unit: Unit, tokenizer: int, role: str) -> list[int]:
+    """The positions of `unit`'s prompt (in tokenizer `tokenizer`'s split) that have ROME's `role`."""
+    span, length = unit.spans[tokenizer], len(unit.token_lists[tokenizer])
+    return [p for p in range(length) if token_role(p, span, length) == role]
 
 
 def _trace(
@@ -235,37 +274,23 @@ def _trace(
     shape = tuple(len(coords[a]) for a in axes)
     graph, texts = Graph(), {}
     layout: list[dict[tuple[int, ...], list[str]]] = []  # (unit, sample) -> cell -> restored run names
-
-    def add(name: str, unit: Unit, ops: list) -> str:
-        graph.add(Run(name, unit.prompt, unit.seed, guidance_scale, steps, ops=ops))
-        texts[name] = unit.prompt
-        return name
-
-    def add_restored(name: str, unit: Unit, corrupt: list[Noise], restores: list[Restore]) -> str:
-        if protocol == "aligned":
-            shadow = add(f"{name}/shadow", unit, [Restore(LATENT, source=name)])
-            restores = [replace(op, source=shadow) for op in restores]
-        return add(name, unit, [*corrupt, *restores])
+    labelled = [(index, "/".join(str(coords[a][i]) for a, i in zip(axes, index))) for index in np.ndindex(*shape)]
 
     for u, unit in enumerate(units):
-        clean = add(f"u{u}/clean", unit, [])
+        def add(name: str, ops: list, unit: Unit = unit) -> str:
+            graph.add(Run(name, unit.prompt, unit.seed, guidance_scale, steps, ops=ops))
+            texts[name] = unit.prompt
+            return name
+
+        clean = add(f"u{u}/clean", [])
         for k in range(samples):
-            corrupt = corruption(model, unit, stds, k)
-            add(f"u{u}/n{k}/corrupted", unit, corrupt)
-            cells = {}
-            for index in np.ndindex(*shape):
-                label = "/".join(str(coords[a][i]) for a, i in zip(axes, index))
-                cells[index] = [add_restored(f"u{u}/n{k}/{label}/{j}", unit, corrupt, ops)
-                                for j, ops in enumerate(cell_runs(unit, index, clean))]
-            layout.append(cells)
+            layout.append(add_sample_runs(
+                add, f"u{u}/n{k}/", corruption(model, unit, stds, k), labelled,
+                lambda index, unit=unit, clean=clean: cell_runs(unit, index, clean), protocol))
 
     scores, images = run_and_score(model, graph, texts, scorer, chunk_size, progress)
     rows = [(u, k) for u in range(len(units)) for k in range(samples)]
-    restored = np.full((len(rows), *shape), np.nan)
-    for r, cells in enumerate(layout):
-        for index, names in cells.items():
-            if names:
-                restored[(r, *index)] = np.mean([scores[n] for n in names])
+    restored = np.array([restored_scores(cells, scores, shape) for cells in layout]).reshape(len(rows), *shape)
     clean = np.array([scores[f"u{u}/clean"] for u, _ in rows])
     corrupted = np.array([scores[f"u{u}/n{k}/corrupted"] for u, k in rows])
     records = [{**units[u].record(), "sample": k, "dropped": bool(c - x < min_effect)}
@@ -433,11 +458,7 @@ def trace_text_encoder(
 
     def cell_runs(unit: Unit, index: tuple[int, ...], clean: str) -> list[list[Restore]]:
         site, tokenizer = sites[index[0]].name, tokenizer_of[index[0]]
-        if by_role:
-            span, length = unit.spans[tokenizer], len(unit.token_lists[tokenizer])
-            chosen = [p for p in range(length) if token_role(p, span, length) == ROLES[index[1]]]
-        else:
-            chosen = [positions[index[1]]]
+        chosen = role_positions(unit, tokenizer, ROLES[index[1]]) if by_role else [positions[index[1]]]
         return [[Restore(site, tokens=(p,), source=clean)] for p in chosen]
 
     settings = {"recipe": "trace_text_encoder", "kinds": list(kinds), "tokens": "roles" if by_role else "positions"}

@@ -315,17 +315,27 @@ def _grow(sweep: _Sweep, window: int | None, threshold: float, mode: str, refere
         scores, images = sweep.generate(sweep.windows(m))
         starts = window_starts(len(sweep.layers), m)
         grid = np.array([scores[f"w{s}"] for s in starts]).T
-        best = _best(grid.mean(0), mode)
-        found = stats.interval(grid[:, best])
-        baseline, full = np.mean(reference["baseline"]), np.mean(reference["full"])
-        share = float(_share(found.value, baseline, full))
-        grown.append({"m": m, "best start": starts[best], "score": found.value, "low": found.low,
-                      "high": found.high, "n": found.n, "share": _finite(share)})
-        towards = full < baseline if mode == "lowest" else full > baseline  # else no share means anything
-        met = bool(towards and share >= threshold)
+        entry, met = assess_windows(m, starts, grid, mode, reference, threshold)
+        grown.append(entry)
         if window is not None or met or m == len(sweep.layers):
             return m, grid, images, grown, met
         m += 1
+
+
+def assess_windows(m: int, starts: list[int], grid: np.ndarray, mode: str, reference: dict[str, Sequence[float]],
+                   threshold: float) -> tuple[dict, bool]:
+    """The best window of m layers in a (units, starts) `grid`: its `settings["grown"]` entry (start,
+    score with its interval, share of the full swap's effect over the `reference` baseline) and
+    whether that share met `threshold` (never where the full swap moves the score against `mode`).
+    Shared by `localize` and the LoCoGen sweep's aggregation."""
+    best = _best(grid.mean(0), mode)
+    found = stats.interval(grid[:, best])
+    baseline, full = np.mean(reference["baseline"]), np.mean(reference["full"])
+    share = float(_share(found.value, baseline, full))
+    entry = {"m": m, "best start": starts[best], "score": found.value, "low": found.low,
+             "high": found.high, "n": found.n, "share": _finite(share)}
+    towards = full < baseline if mode == "lowest" else full > baseline  # else no share means anything
+    return entry, bool(towards and share >= threshold)
 
 
 def localize(

@@ -7,13 +7,16 @@ chunks, so its scores do not depend on which other units share a process or a de
 in-memory recipes compute from the whole unit set is resolved once, when the sweep is planned, and
 becomes part of every unit's key: the corruption's std (pooled over the set's subjects, as
 `trace_unet` pools it), the scorer and the attributes it judges.
+
+`run_sweep`, `aggregate` and `write_report` serve every recipe: LoCoGen's units live in
+`interventions.sweep_locogen`, the edit evaluation's in `interventions.sweep_edit_eval`; their
+tasks load the model as `TraceTask` does.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +24,16 @@ import numpy as np
 
 import interp
 from interp.errors import SweepEngineError
-from interp.graph import Graph, Noise, Restore, Run
+from interp.graph import Graph, Restore, Run
 from interp.model import Model
 from interp.scoring import CLIPScore, Scorer
-from interp.sites import LATENT
 from interp.sweeps import SweepStats, SweepStore, UnitSpec, make_engine, model_fingerprint, run_units, unit_key
 from interventions.causal_trace import (
-    ROLES, TraceResult, Unit, corruption, embedding_std, make_units, text_sites, token_role,
+    ROLES, TraceResult, Unit, add_sample_runs, corruption, embedding_std, make_units, restored_scores, role_positions,
+    text_sites,
 )
+from interventions.edit_eval import EditEvaluation
+from interventions.locogen import LocalizeResult
 from interventions.prompt_sets import PromptRow, load_prompt_set
 from interventions.sweep import default_scorer, run_and_score, subject_attributes
 
@@ -55,7 +60,8 @@ def _fingerprint(model: Model) -> str:
 @dataclass(frozen=True)
 class TraceTask:
     """A trace recipe with its resolved arguments; picklable, so a Ray actor rebuilds its worker.
-    `model` is what a worker loads (a name, folder or hub id); None only for a model passed in."""
+    `model` is what a worker loads (a name, folder or hub id); None only for a model passed in.
+    Other recipes' tasks (`interventions.sweep_locogen`) load alike and override `worker`."""
 
     recipe: str
     model: str | None
@@ -78,6 +84,10 @@ class TraceTask:
             raise SweepEngineError(f"the model {self.model!r} loaded here has other weights ({found}) than the sweep "
                                    f"was planned on ({self.fingerprint}); give every worker the same model")
         _LOADED[(self.fingerprint, self.device)] = model
+        return self.worker(model)
+
+    def worker(self, model: Model) -> Any:
+        """The worker computing this recipe's units on the loaded `model`."""
         return TraceWorker(model, self)
 
 
@@ -102,14 +112,12 @@ class TraceWorker:
         if self.task.recipe == "trace-unet":
             return [[Restore(name, branch=a["branch"], source=source) for name in a["groups"][index[0]]]]
         site = a["sites"][index[0]]
-        tokenizer = self.model.tokenizer_index(site)
-        span, length = unit.spans[tokenizer], len(unit.token_lists[tokenizer])
-        chosen = [p for p in range(length) if token_role(p, span, length) == ROLES[index[1]]]
+        chosen = role_positions(unit, self.model.tokenizer_index(site), ROLES[index[1]])
         return [[Restore(site, tokens=(p,), source=source)] for p in chosen]
 
     def compute(self, spec: UnitSpec) -> dict[str, Any]:
         """Clean, corrupted and restored scores (restored flattened over the grid, NaN where a cell
-        does not apply) of one (prompt, seed, noise sample)."""
+        does not apply) of one (prompt, seed, noise sample): the runs `_trace` builds for it."""
         a = self.arguments
         [unit] = make_units(self.model, [(spec.prompt, spec.subject)], None, [spec.seed])
         graph, texts = Graph(), {}
@@ -119,21 +127,13 @@ class TraceWorker:
             texts[name] = unit.prompt
             return name
 
-        corrupt: list[Noise] = corruption(self.model, unit, a["noise_std"], spec.sample)
         add("clean", [])
-        add("corrupted", corrupt)
-        cells: list[list[str]] = []
-        for index in np.ndindex(*a["shape"]):
-            names = []
-            for j, ops in enumerate(self._cell_runs(unit, index, "clean")):
-                name = f"{'/'.join(map(str, index))}/{j}"
-                if a["protocol"] == "aligned":  # restore from a shadow: the clean prompt on this run's own latent
-                    shadow = add(f"{name}/shadow", [Restore(LATENT, source=name)])
-                    ops = [replace(op, source=shadow) for op in ops]
-                names.append(add(name, [*corrupt, *ops]))
-            cells.append(names)
+        shape = tuple(a["shape"])
+        cells = add_sample_runs(add, "", corruption(self.model, unit, a["noise_std"], spec.sample),
+                                [(index, "/".join(map(str, index))) for index in np.ndindex(*shape)],
+                                lambda index: self._cell_runs(unit, index, "clean"), a["protocol"])
         scores, _ = run_and_score(self.model, graph, texts, self.scorer, a["chunk_size"], progress=False)
-        restored = [float(np.mean([scores[n] for n in names])) if names else math.nan for names in cells]
+        restored = restored_scores(cells, scores, shape).ravel().tolist()
         return {"clean": float(scores["clean"]), "corrupted": float(scores["corrupted"]), "restored": restored}
 
 
@@ -166,8 +166,7 @@ def plan(
     if protocol not in ("paper", "aligned") or (recipe == "trace-text" and protocol != "paper"):
         raise ValueError(f"protocol {protocol!r} does not apply to {recipe}; use paper"
                          + (" or aligned" if recipe == "trace-unet" else ""))
-    source = model if isinstance(model, str) else None
-    loaded = _load(model, device) if isinstance(model, str) else model
+    source, loaded, fingerprint = prepare_model(model, device)
     rows = list(prompts) if not isinstance(prompts, (str, Path)) else load_prompt_set(prompts)
     trace_units = make_units(loaded, [(r.prompt, r.subject) for r in rows], None, [0])  # checks every subject
     judged = subject_attributes([r.subject for r in rows])
@@ -184,8 +183,6 @@ def plan(
         names = [s.name for s in text_sites(loaded, kinds, layers)]
         arguments.update(sites=names, kinds=list(kinds), axes=["site", "token"],
                          coords={"site": names, "token": list(ROLES)}, shape=[len(names), len(ROLES)])
-    fingerprint = _fingerprint(loaded)
-    _LOADED[(fingerprint, device)] = loaded
     units = []
     for row, unit in zip(rows, trace_units):
         extra = {"positions": list(unit.span.positions), "tokens": list(unit.tokens)}
@@ -199,6 +196,15 @@ def plan(
                 "min_effect": getattr(scorer, "min_effect", 0.0) if min_effect is None else min_effect, "units": len(units),
                 "prompts": [r.__dict__ for r in rows]}
     return SweepPlan(task, units, manifest)
+
+
+def prepare_model(model: Model | str, device: str) -> tuple[str | None, Model, str]:
+    """What a sweep's workers load (the name, folder or hub id; None for a model object), the loaded
+    model and its fingerprint; kept so workers in this process reuse it instead of loading again."""
+    loaded = _load(model, device) if isinstance(model, str) else model
+    fingerprint = _fingerprint(loaded)
+    _LOADED[(fingerprint, device)] = loaded
+    return (model if isinstance(model, str) else None), loaded, fingerprint
 
 
 def _unet_grid(model: Model, sites: Sequence[str | Sequence[str]] | None) -> dict[str, Any]:
@@ -232,11 +238,26 @@ def run_sweep(sweep: SweepPlan, out: str | Path, engine: str = "local", address:
     return run_units(sweep.task, sweep.units, store, chosen, progress)
 
 
-def aggregate(folder: str | Path) -> TraceResult:
-    """The sweep in `folder` as the `TraceResult` its recipe returns: finished units in sweep order,
-    with intervals over them; settings say how many units were planned, on file and failed."""
+def sweep_settings(store: SweepStore, manifest: dict[str, Any], on_file: int) -> dict[str, Any]:
+    """What an aggregate's `settings["sweep"]` records: units planned, on file and failed, the model."""
+    return {"units_planned": manifest["units"], "units_on_file": on_file, "units_failed": len(store.rows(failed=True)),
+            "model": manifest["model"], "model_fingerprint": manifest["model_fingerprint"]}
+
+
+def aggregate(folder: str | Path) -> TraceResult | LocalizeResult | EditEvaluation:
+    """The sweep in `folder` as the result its recipe returns (a `TraceResult`, LoCoGen's
+    `LocalizeResult`, or an `EditEvaluation`): finished units in sweep order, with intervals over
+    them; settings say how many units were planned, on file and failed."""
     store = SweepStore(folder)
     manifest = store.manifest()
+    if manifest["recipe"] == "locogen":
+        from interventions.sweep_locogen import aggregate_locogen
+
+        return aggregate_locogen(store)
+    if manifest["recipe"] == "edit-eval":
+        from interventions.sweep_edit_eval import aggregate_edit_eval
+
+        return aggregate_edit_eval(store)
     a, rows = manifest["arguments"], store.rows()
     min_effect = manifest["min_effect"]
     shape = tuple(a["shape"])
@@ -249,9 +270,7 @@ def aggregate(folder: str | Path) -> TraceResult:
     settings = {"recipe": RECIPES[manifest["recipe"]], "noise": a["noise"], "noise_std": a["noise_std"],
                 "samples": manifest["samples"], "steps": a["steps"], "guidance_scale": a["guidance_scale"],
                 "scorer": a["scorer"], "protocol": a["protocol"], "min_effect": min_effect, "method": "exact",
-                "sweep": {"units_planned": manifest["units"], "units_on_file": len(rows),
-                          "units_failed": len(store.rows(failed=True)), "model": manifest["model"],
-                          "model_fingerprint": manifest["model_fingerprint"]}}
+                "sweep": sweep_settings(store, manifest, len(rows))}
     if manifest["recipe"] == "trace-unet":
         settings["branch"] = a["branch"]
     else:
@@ -261,17 +280,27 @@ def aggregate(folder: str | Path) -> TraceResult:
 
 
 def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
-    """Aggregate the sweep in `folder`, save it as `folder/result/` (a result `TraceResult.load`
-    reads) and draw its report (default `folder/report.html`); returns the report's path."""
+    """Aggregate the sweep in `folder`, save it as `folder/result/` (a result its class's `load`
+    reads) and draw its report (default `folder/report.html`; an edit evaluation's is its table);
+    returns the report's path."""
+    from viz.locogen import locogen_curve
     from viz.report import Report
     from viz.traces import denoiser_site_map, text_encoder_grid
 
     result = aggregate(folder)
     result.save(Path(folder) / "result")
     sweep = result.settings["sweep"]
-    figure = denoiser_site_map(result) if result.axes == ("site",) else text_encoder_grid(result)
-    report = Report(f"Sweep: {result.settings['recipe']}",
+    if isinstance(result, EditEvaluation):
+        recipe, text, figure = "evaluate_edit", result.table(), None
+    elif isinstance(result, LocalizeResult):
+        recipe, text, figure = result.settings["recipe"], result.table(), locogen_curve(result)
+    else:
+        recipe, text = result.settings["recipe"], result.summary()
+        figure = denoiser_site_map(result) if result.axes == ("site",) else text_encoder_grid(result)
+    report = Report(f"Sweep: {recipe}",
                     f"{sweep['units_on_file']} of {sweep['units_planned']} units on file, {sweep['units_failed']} failed; "
                     f"model {sweep['model']} ({sweep['model_fingerprint']})")
-    report.text(result.summary()).figure(figure)
+    report.text(text)
+    if figure is not None:
+        report.figure(figure)
     return report.write(Path(out) if out is not None else Path(folder) / "report.html")

@@ -1,7 +1,8 @@
 """Sweeps: a recipe applied over a prompt set as small deterministic units, each keyed, stored as
 Parquet and scheduled by an engine (`local`, in-process, or `ray`), so a sweep resumes after a kill
 and scales out over GPUs and machines. The recipes' own unit code lives in
-`interventions.sweep_recipes`; this package knows nothing of what a unit computes."""
+`interventions.sweep_recipes` (traces) and `interventions.sweep_locogen`; this package knows nothing
+of what a unit computes."""
 
 from interp.sweeps.driver import SweepStats, run_units
 from interp.sweeps.engines import Engine, LocalEngine, make_engine

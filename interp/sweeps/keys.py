@@ -12,11 +12,13 @@ KEY_LENGTH = 24  # hex digits: 96 bits, no collision in any sweep a person runs
 
 
 def unit_key(recipe: str, arguments: dict[str, Any], fingerprint: str, prompt: str, subject: str,
-             seed: int, sample: int) -> str:
+             seed: int, sample: int, inputs: dict[str, Any] | None = None) -> str:
     """The key of one unit: recipe, its (resolved) arguments, the model's weights, prompt, subject,
-    seed and noise sample. Arguments must be JSON values; their order does not matter."""
+    seed and noise sample, and any other per-unit `inputs` (e.g. LoCoGen's target prompt; a unit
+    without them keeps the key it had before they existed). Arguments and inputs must be JSON
+    values; their order does not matter."""
     document = {"recipe": recipe, "arguments": arguments, "model": fingerprint, "prompt": prompt,
-                "subject": subject, "seed": int(seed), "sample": int(sample)}
+                "subject": subject, "seed": int(seed), "sample": int(sample), **({"inputs": inputs} if inputs else {})}
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
 
