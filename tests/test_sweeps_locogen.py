@@ -4,29 +4,17 @@ chosen window, and `interp sweep locogen` ends in a report."""
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
-import interp
 from interp.cli import app
 from interventions import sweep_recipes
 from interventions.locogen import LocalizeResult, localize, random_layers, window_starts
 from interventions.prompt_sets import load_prompt_set
 from interventions.sweep_locogen import plan_locogen, random_candidates
+from tests.test_sweeps import rows, tiny  # noqa: F401 - the tiny model and two style prompts, shared
 
 M = 2  # windows of 2 of the tiny model's 7 cross-attention layers: 6 windows per unit
 SMALL = dict(window=M, seeds=[0, 1], steps=2)  # 2 prompts x 2 seeds = 4 units
-
-
-@pytest.fixture(scope="module")
-def tiny() -> interp.Model:
-    torch.set_num_threads(1)
-    return interp.load("tiny")
-
-
-@pytest.fixture(scope="module")
-def rows():
-    return load_prompt_set("tiny/style")[:2]
 
 
 def test_random_candidates_hold_the_control_of_every_chosen_window():
