@@ -5,19 +5,20 @@ a score with respect to site activations at every denoising step, so `generate` 
 images (same prompts, seeds, corruption noise, classifier-free-guidance layout
 [uncond rows..., cond rows...]) through plain torch hooks, with autograd on. Each denoiser call is
 wrapped in `torch.utils.checkpoint` (non-reentrant): the backward pass recomputes one step at a
-time, so memory holds one step's activations plus each step's inputs, not the whole loop's.
+time, so memory holds one step's activations plus each step's inputs, not the whole loop's; the
+VAE's decode is checkpointed the same way.
 
 `edit(site, call, activation)` sees every listed site's output (`call` is the index of the
 denoiser call, `interp.runner.call_steps` maps it to its denoising step; None for text-encoder
 sites, which run once) and may return a replacement; during a checkpoint's recomputation it is
 called again with the same call, so it must be a pure function of its arguments. Every hook and
-the wrapped forward are removed when `generate` returns or fails.
+the wrapped forward and decode are removed when `generate` returns or fails.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -93,10 +94,23 @@ def _noised(model: Model, noises: Sequence[Sequence[Noise]]) -> Iterator[None]:
 
 
 @contextmanager
-def _stepped(denoiser: torch.nn.Module, steps: list[int], checkpoint: bool, state: dict) -> Iterator[None]:
+def _patched(module: torch.nn.Module, name: str, replacement: Callable[..., Any]) -> Iterator[None]:
+    """`module.<name>` replaced on the instance for the block; what was there (an instance attribute
+    of the user's, or none) is put back whatever happens."""
+    had, saved = name in module.__dict__, module.__dict__.get(name)
+    setattr(module, name, replacement)
+    try:
+        yield
+    finally:
+        if had:
+            setattr(module, name, saved)
+        else:
+            delattr(module, name)
+
+
+def _stepped(denoiser: torch.nn.Module, steps: list[int], checkpoint: bool, state: dict) -> AbstractContextManager[None]:
     """Wrap the denoiser's forward: set `state["call"]` (also when a checkpoint recomputes the call)
     and, with gradients on and `checkpoint`, checkpoint the call."""
-    had, saved = "forward" in denoiser.__dict__, denoiser.__dict__.get("forward")
     original = denoiser.forward
 
     def forward(*args: Any, **kwargs: Any) -> Any:
@@ -114,14 +128,20 @@ def _stepped(denoiser: torch.nn.Module, steps: list[int], checkpoint: bool, stat
             return checkpointed(run, *args, use_reentrant=False, **kwargs)
         return run(*args, **kwargs)
 
-    denoiser.forward = forward
-    try:
-        yield
-    finally:
-        if had:
-            denoiser.forward = saved
-        else:
-            del denoiser.forward
+    return _patched(denoiser, "forward", forward)
+
+
+def _checkpointed_decode(vae: torch.nn.Module, checkpoint: bool) -> AbstractContextManager[None]:
+    """With gradients on and `checkpoint`, the VAE's decode under a checkpoint too: at SDXL width its
+    activations outweigh one denoiser step's, and backward can recompute them once."""
+    original = vae.decode
+
+    def decode(*args: Any, **kwargs: Any) -> Any:
+        if checkpoint and torch.is_grad_enabled():
+            return checkpointed(original, *args, use_reentrant=False, **kwargs)
+        return original(*args, **kwargs)
+
+    return _patched(vae, "decode", decode)
 
 
 def generate(
@@ -166,8 +186,8 @@ def generate(
                 cond = adapter.encode(pipe, [model.token_ids(list(prompts), i) for i in range(len(model.tokenizers))])
             denoiser_sites = [s for s in sites if not s.is_text]
             with _stepped(model.denoiser, call_steps(pipe.scheduler, steps), checkpoint, state), (
-                _site_hooks(model, denoiser_sites, edit, lambda: state["call"]) if edit else nullcontext()
-            ):
+                _checkpointed_decode(pipe.vae, checkpoint) if hasattr(pipe, "vae") else nullcontext()
+            ), _site_hooks(model, denoiser_sites, edit, lambda: state["call"]) if edit else nullcontext():
                 images = call(pipe, **cond, **uncond, generator=model.generators(list(seeds)),
                               num_inference_steps=steps, guidance_scale=guidance_scale,
                               height=height or default_h, width=width or default_w, output_type="pt",

@@ -1,9 +1,7 @@
 """Execute an intervention graph with nnsight: one batched pipeline call per chunk of runs.
 
 Rows of a chunk are its runs (targets together with their restore sources). The text encoder runs
-once per distinct text row (runs with the same prompt and the same text-site edits share one), and
-the empty prompt of the unconditional branch once per call;
-rows are then indexed out to one per run. The denoiser sees the classifier-free-guidance layout
+once on the chunk's prompts; the denoiser sees the classifier-free-guidance layout
 [uncond rows..., cond rows...] at every step. A restore copies the source row's activation into the
 target row inside the same forward pass, so one denoising loop serves many restored sites.
 
@@ -19,7 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import nnsight
@@ -115,8 +113,7 @@ def run(
     """Validate and execute `graph`, batching runs that share a denoising loop.
 
     At most `chunk_size` runs (sources included) share one pipeline call; by default as many as
-    fit `memory_budget_gb` by `interp.budget`'s estimate. A restore source needed by several chunks
-    is computed again in each (the progress line counts these reruns).
+    fit `memory_budget_gb` by `interp.budget`'s estimate.
     """
     if chunk_size is not None and chunk_size < 1:
         raise GraphValidationError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -132,11 +129,8 @@ def run(
 
     result = GraphResult()
     chunks = list(plan_chunks(graph, limit))
-    empty: dict[str, torch.Tensor] = {}  # the empty prompt's encoding, computed once per call
-    repeated = sum(map(len, chunks)) - len(graph.runs)  # restore sources rerun in later chunks
-    desc = f"chunks ({repeated} source runs recomputed)" if repeated else "chunks"
-    for chunk in tqdm(chunks, desc=desc, disable=not progress or len(chunks) < 2):
-        images, captures, calls = _run_chunk(model, graph, chunk, progress, empty)
+    for chunk in tqdm(chunks, desc="chunks", disable=not progress or len(chunks) < 2):
+        images, captures, calls = _run_chunk(model, graph, chunk, progress)
         for name, image in zip(chunk, images):
             result.images.setdefault(name, image)
         for name, keyed in captures.items():
@@ -171,55 +165,19 @@ def plan_chunks(graph: Graph, limit: Callable[[Run], int]) -> Iterator[list[str]
             yield current
 
 
-def _rows(run_index: int, n: int, cfg: bool, branch: str) -> list[int]:
-    """Denoiser batch rows of one run: [uncond..., cond...] with guidance, else one row per run."""
-    if not cfg:
+def _rows(run_index: int, n: int, cfg: bool, branch: str, text: bool) -> list[int]:
+    """Batch rows of one run: text sites have one row per run; the denoiser [uncond..., cond...]."""
+    if text or not cfg:
         return [run_index]
     return {"both": [run_index, n + run_index], "uncond": [run_index], "cond": [n + run_index]}[branch]
 
 
-def _text_rows(model: Model, graph: Graph, chunk: list[str]) -> tuple[list[str], list[int]]:
-    """The prompts the text encoders run on for a chunk, and each run's row among them.
-
-    Runs with the same prompt and the same edits at text sites share a row (N clean copies of a
-    prompt, or N runs corrupted alike, cost one encoder row); a run restoring a text site from
-    another run gets a row of its own."""
-    prompts: list[str] = []
-    rows: list[int] = []
-    shared: dict[tuple, int] = {}
-    for name in chunk:
-        run_ = graph.runs[name]
-        key = _text_key(model, run_)
-        if key is None or key not in shared:
-            prompts.append(run_.prompt)
-            if key is not None:
-                shared[key] = len(prompts) - 1
-        rows.append(len(prompts) - 1 if key is None else shared[key])
-    return prompts, rows
-
-
-def _text_key(model: Model, run_: Run) -> tuple | None:
-    """What a run's text-encoder row is a function of: its prompt and its edits at text sites, in
-    order (a tensor value by identity); None when it reads another run's row (a text-site restore)."""
-    edits: list[tuple] = []
-    for op in run_.ops:
-        if isinstance(op, (Swap, Capture)) or not model.site(op.site).is_text:
-            continue
-        if isinstance(op, Restore):
-            return None
-        values = (getattr(op, f.name) for f in fields(op))
-        edits.append((type(op), *(id(v) if isinstance(v, torch.Tensor) else v for v in values)))
-    return run_.prompt, tuple(edits)
-
-
 def _hook_points(
-    model: Model, graph: Graph, chunk: list[str], contexts: dict[tuple[str, str], torch.Tensor],
-    text_row: list[int],
+    model: Model, graph: Graph, chunk: list[str], contexts: dict[tuple[str, str], torch.Tensor]
 ) -> list[_HookPoint]:
     """Every (module, input/output) the chunk's operations touch, sorted in forward order.
 
-    `contexts[(prompt, site name)]` is what a swapped site's key/value projections read;
-    `text_row[i]` is run i's row in the text encoders' batch (`_text_rows`)."""
+    `contexts[(prompt, site name)]` is what a swapped site's key/value projections read."""
     ranks = {name: i for i, name in enumerate(model.components)}
     points: dict[tuple[str, str, str], _HookPoint] = {}
     n, cfg = len(chunk), model.adapter.cfg(graph.runs[chunk[0]].guidance_scale)
@@ -236,7 +194,7 @@ def _hook_points(
         for op in graph.runs[name].ops:
             if isinstance(op, Swap):
                 for site in (model.site(s) for s in op.sites):
-                    rows = _rows(index, n, cfg, op.branch)
+                    rows = _rows(index, n, cfg, op.branch, text=False)
                     context = contexts[(op.prompt, swapped_layer(model, site).name)]
                     for kv in site.kv_paths:
                         if site.kind == HEAD:  # the head's slice of the key/value projection's output
@@ -250,15 +208,12 @@ def _hook_points(
                                                                                              context=context))
                 continue
             site = model.site(op.site)
-            if site.is_text and not isinstance(op, Capture) and text_row.index(text_row[index]) != index:
-                continue  # a shared text row: its first run's identical edits act on it
-            rows = [text_row[index]] if site.is_text else _rows(index, n, cfg, op.branch)
+            rows = _rows(index, n, cfg, op.branch, site.is_text)
             if op.heads is not None:  # the heads' slices of the out projection's input
                 site = model.site(f"{site.name}.head-{op.heads[0]}")
             action = _Action(op, name, rows, element=site.element, columns=_columns(site, op))
             if isinstance(op, Restore):
-                source = chunk.index(op.source)
-                action.source_rows = [text_row[source]] if site.is_text else _rows(source, n, cfg, op.branch)
+                action.source_rows = _rows(chunk.index(op.source), n, cfg, op.branch, site.is_text)
             point(site.component, site.path, site.io, site.tuple_output).actions.append(action)
     for hook in points.values():
         hook.actions.sort(key=lambda a: _PRIORITY.get(type(a.op), 0))
@@ -370,15 +325,9 @@ class _Pipeline(torch.nn.Module):
             self.add_module(name, module)
         self._model = model
 
-    def forward(self, input_ids: list[torch.Tensor], rows: torch.Tensor, call_kwargs: dict[str, Any]) -> torch.Tensor:
-        """Encode the distinct text rows `input_ids`, give each run its row (`rows`), and generate."""
+    def forward(self, input_ids: list[torch.Tensor], call_kwargs: dict[str, Any]) -> torch.Tensor:
         adapter, pipe = self._model.adapter, self._model.pipe
-        return pipe(**_take(adapter.encode(pipe, input_ids), rows), **call_kwargs).images
-
-
-def _take(encoded: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
-    """`encode`'s output with batch rows `rows` (each tensor's first dim), repeats allowed."""
-    return {key: value[rows.to(value.device)] for key, value in encoded.items()}
+        return pipe(**adapter.encode(pipe, input_ids), **call_kwargs).images
 
 
 _INSTANCE_SLOTS = ("forward", "__nnsight__")  # what nnsight writes into a module's __dict__
@@ -433,31 +382,20 @@ def _check_calls(model: Model, first: Run) -> None:
         )
 
 
-def _run_chunk(
-    model: Model, graph: Graph, chunk: list[str], progress: bool, empty: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, dict]:
-    """Generate one chunk in one traced pipeline call. `empty` caches the empty prompt's encoding
-    across the chunks of a call (filled on first use)."""
+def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool) -> tuple[torch.Tensor, dict]:
     runs: list[Run] = [graph.runs[name] for name in chunk]
     first = runs[0]
     height, width = run_size(model, first)
     pipe, adapter = model.pipe, model.adapter
-    prompts, text_row = _text_rows(model, graph, chunk)
-
-    def encode_empty() -> dict[str, torch.Tensor]:
-        if not empty:
-            empty.update(_encode(model, [""]))
-        return _take(empty, torch.zeros(len(runs), dtype=torch.long))
-
     with torch.no_grad():
-        input_ids = [model.token_ids(prompts, i) for i in range(len(model.tokenizers))]
+        input_ids = [model.token_ids([r.prompt for r in runs], i) for i in range(len(model.tokenizers))]
         call_kwargs: dict[str, Any] = dict(
             generator=model.generators([r.seed for r in runs]),
             num_inference_steps=first.steps, guidance_scale=first.guidance_scale,
             height=height, width=width, output_type="pt", **adapter.call_kwargs(pipe),
         )
         if adapter.cfg(first.guidance_scale):
-            call_kwargs.update(adapter.uncond_kwargs(pipe, encode_empty))
+            call_kwargs.update(adapter.uncond_kwargs(pipe, lambda: _encode(model, [""] * len(runs))))
         swaps = {(op.prompt, swapped_layer(model, model.site(s))) for r in runs for op in r.ops if isinstance(op, Swap)
                  for s in op.sites}
         conds = {p: _encode(model, [p]) for p in {p for p, _ in swaps}}
@@ -466,7 +404,7 @@ def _run_chunk(
             by_prompt[prompt].append(site)
         contexts = {(p, site.name): context for p, sites in by_prompt.items()
                     for site, context in zip(sites, adapter.kv_inputs(pipe, sites, conds[p]))}
-    hooks = _hook_points(model, graph, chunk, contexts, text_row)
+    hooks = _hook_points(model, graph, chunk, contexts)
     text_hooks = [h for h in hooks if h.component != adapter.denoiser]
     step_hooks = [h for h in hooks if h.component == adapter.denoiser]
     traced_calls = _traced_calls(model, first, step_hooks)
@@ -479,7 +417,7 @@ def _run_chunk(
     try:
         with _instrumented(root):
             traced = NNsight(root)
-            with torch.no_grad(), traced.trace(input_ids, torch.tensor(text_row), call_kwargs) as tracer:
+            with torch.no_grad(), traced.trace(input_ids, call_kwargs) as tracer:
                 for hook in text_hooks:
                     _visit(_envoy(traced, hook.component, hook.path), hook, hook.actions, captures)
                 if where:
