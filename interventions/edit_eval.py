@@ -221,6 +221,44 @@ def evaluate_edit(
     edit already applied to `model`, and `EditInputError` for an edit with no concepts; the model's
     weights are restored in any case.
     """
+    plan = plan_evaluation(model, edit, concepts, images_per_group, seed, controls, control_seed)
+    counts = {c: _measure(model, e, plan.groups, judge, steps, guidance_scale) for c, e in plan.runs.items()}
+    rows = [Row(g.concept, g.name, m.label, {c: counts[c][i][j] if c in counts else None for c in plan.conditions})
+            for i, g in enumerate(plan.groups) for j, m in enumerate(g.measures)]
+    return EditEvaluation(
+        dict(edit.metadata), plan.concepts, plan.conditions, rows, plan.control_records(), plan.excluded, plan.notes,
+        {"images_per_group": images_per_group, "seed": seed, "control_seed": control_seed, "steps": steps,
+         "guidance_scale": guidance_scale},
+        {f"{g.concept} / {g.name}": list(g.units) for g in plan.groups},
+    )
+
+
+@dataclass
+class Plan:
+    """What an evaluation generates, decided before any image is: the concepts, their groups, the
+    world prompts held out, the controls built, each condition's edit (None: unedited) and the notes."""
+
+    concepts: list[Concept]
+    groups: list[Group]
+    excluded: list[str]
+    controls: dict[str, dict[str, Any]]  # condition -> {"edit": ..., "layers": ...} or {"skipped": why}
+    runs: dict[str, Edit | None]
+    notes: list[str]
+
+    @property
+    def conditions(self) -> list[str]:
+        return [UNEDITED, EDITED, *self.controls]
+
+    def control_records(self) -> dict[str, dict[str, Any]]:
+        """The controls as results keep them: without their edits."""
+        return {c: {k: v for k, v in b.items() if k != "edit"} for c, b in self.controls.items()}
+
+
+def plan_evaluation(
+    model: Model, edit: Edit, concepts: str | Sequence[str] | None = None, images_per_group: int = IMAGES_PER_GROUP,
+    seed: int = 0, controls: bool = True, control_seed: int = 0,
+) -> Plan:
+    """The `Plan` of `evaluate_edit` (and of its sweep), checked: raises as `evaluate_edit` does."""
     if images_per_group < 1:
         raise ValueError(f"images_per_group must be >= 1, got {images_per_group}")
     if edit.is_applied(edits.component(model, edit)):
@@ -228,27 +266,17 @@ def evaluate_edit(
                          "the unedited condition and the controls are built from the model as it is")
     pairs = chosen_concepts(edit.metadata, concepts)
     used = edit_prompts(edit.metadata)
-    planned = [(c, plan_groups(c, used, images_per_group, seed)) for c in pairs]
-    groups = [g for _, (gs, _) in planned for g in gs]
-    excluded = sorted({p for _, (_, left_out) in planned for p in left_out})
+    planned = [plan_groups(c, used, images_per_group, seed) for c in pairs]
+    groups = [g for gs, _ in planned for g in gs]
+    excluded = sorted({p for _, left_out in planned for p in left_out})
     check_held_out([p for g in groups for p, _ in g.units], edit)
     built = build_controls(model, edit, control_seed) if controls else {}
     runs = {UNEDITED: None, EDITED: edit, **{c: b["edit"] for c, b in built.items() if "edit" in b}}
     notes = _control_notes(built) + (recipe_notes(model, edit) if len(runs) > len((UNEDITED, EDITED)) else [])
-    counts = {c: _measure(model, e, groups, judge, steps, guidance_scale) for c, e in runs.items()}
-    conditions = [UNEDITED, EDITED, *built]
-    rows = [Row(g.concept, g.name, m.label, {c: counts[c][i][j] if c in counts else None for c in conditions})
-            for i, g in enumerate(groups) for j, m in enumerate(g.measures)]
     if excluded:
         notes.append(f"held out: {len(excluded)} world prompt(s) the edit was built from were left out: "
                      f"{', '.join(repr(p) for p in excluded)}")
-    return EditEvaluation(
-        dict(edit.metadata), pairs, conditions, rows,
-        {c: {k: v for k, v in b.items() if k != "edit"} for c, b in built.items()}, excluded, notes,
-        {"images_per_group": images_per_group, "seed": seed, "control_seed": control_seed, "steps": steps,
-         "guidance_scale": guidance_scale},
-        {f"{g.concept} / {g.name}": list(g.units) for g in groups},
-    )
+    return Plan(pairs, groups, excluded, built, runs, notes)
 
 
 def chosen_concepts(metadata: Mapping[str, Any], concepts: str | Sequence[str] | None = None) -> list[Concept]:

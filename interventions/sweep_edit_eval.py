@@ -25,8 +25,7 @@ from interp.model import Model
 from interp.sweeps import SweepStore, UnitSpec, unit_key
 from interventions import edits
 from interventions.edit_eval import (
-    EDITED, IMAGES_PER_GROUP, UNEDITED, EditEvaluation, Row, _control_notes, build_controls, check_held_out,
-    chosen_concepts, edit_prompts, plan_groups, recipe_notes,
+    IMAGES_PER_GROUP, EditEvaluation, Row, chosen_concepts, edit_prompts, plan_evaluation, plan_groups,
 )
 from interventions.evaluate import GUIDANCE, STEPS, Judge, judge_units, tiny_judge
 from interventions.sweep_recipes import SweepPlan, TraceTask, prepare_model, sweep_settings
@@ -90,26 +89,16 @@ def plan_edit_eval(
     """Resolve an edit-evaluation sweep: arguments as `evaluate_edit` (`edit`: an `Edit` or its
     file); units are every group's (prompt, seed) under every condition that was built. Raises as
     `evaluate_edit` does, before anything is computed."""
-    if images_per_group < 1:
-        raise ValueError(f"images_per_group must be >= 1, got {images_per_group}")
     source, loaded, fingerprint = prepare_model(model, device)
     edit = edit if isinstance(edit, Edit) else Edit.load(edit)
-    if edit.is_applied(edits.component(loaded, edit)):
-        raise ValueError("the edit is applied to this model; evaluate it on the unedited model (edits.revert first)")
-    pairs = chosen_concepts(edit.metadata, concepts)
-    used = edit_prompts(edit.metadata)
-    planned = [plan_groups(c, used, images_per_group, seed) for c in pairs]
-    groups = [g for gs, _ in planned for g in gs]
-    check_held_out([p for g in groups for p, _ in g.units], edit)
-    built = build_controls(loaded, edit, control_seed) if controls else {}
-    runs = {UNEDITED: None, EDITED: edit, **{c: b["edit"] for c, b in built.items() if "edit" in b}}
-    notes = _control_notes(built) + (recipe_notes(loaded, edit) if len(runs) > 2 else [])
+    plan = plan_evaluation(loaded, edit, concepts, images_per_group, seed, controls, control_seed)
+    runs = plan.runs
     judge_name = f"{judge.__module__}.{judge.__qualname__}"
     arguments = {"steps": steps, "guidance_scale": guidance_scale, "judge": judge_name}
     units = []
     for condition, condition_edit in runs.items():
         inputs = {"condition": condition, "edit": edit_digest(condition_edit)}
-        for group in groups:
+        for group in plan.groups:
             for prompt, unit_seed in group.units:
                 key = unit_key(RECIPE, arguments, fingerprint, prompt, "", unit_seed, 0, inputs)
                 units.append(UnitSpec(key, len(units), prompt, "", int(unit_seed), 0, f"{group.concept} / {group.name}",
@@ -117,10 +106,9 @@ def plan_edit_eval(
     task = EditEvalTask(RECIPE, source, device, fingerprint, arguments, threads, runs, judge)
     manifest = {"recipe": RECIPE, "arguments": {**arguments, "edits": {c: edit_digest(e) for c, e in runs.items()}},
                 "model": source or repr(loaded), "model_fingerprint": fingerprint, "units": len({u.key for u in units}),
-                "edit": dict(edit.metadata), "concepts_chosen": [c.old for c in pairs],
-                "conditions": [UNEDITED, EDITED, *built], "run": list(runs),
-                "controls": {c: {k: v for k, v in b.items() if k != "edit"} for c, b in built.items()},
-                "excluded": sorted({p for _, left_out in planned for p in left_out}), "notes": notes,
+                "edit": dict(edit.metadata), "concepts_chosen": [c.old for c in plan.concepts],
+                "conditions": plan.conditions, "run": list(runs), "controls": plan.control_records(),
+                "excluded": plan.excluded, "notes": plan.notes,
                 "settings": {"images_per_group": images_per_group, "seed": seed, "control_seed": control_seed,
                              "steps": steps, "guidance_scale": guidance_scale}}
     return SweepPlan(task, units, manifest)
@@ -148,10 +136,7 @@ def aggregate_edit_eval(store: SweepStore) -> EditEvaluation:
             counts[condition].append([m.count(predicted, expected) for m in group.measures])
     table = [Row(g.concept, g.name, m.label, {c: counts[c][i][j] if c in counts else None for c in conditions})
              for i, g in enumerate(groups) for j, m in enumerate(g.measures)]
-    notes = list(manifest["notes"])
-    if manifest["excluded"]:
-        notes.append(f"held out: {len(manifest['excluded'])} world prompt(s) the edit was built from were left out: "
-                     f"{', '.join(repr(p) for p in manifest['excluded'])}")
+    notes = list(manifest["notes"])  # the held-out note included (`plan_evaluation`)
     pairs = chosen_concepts(manifest["edit"], manifest["concepts_chosen"])
     return EditEvaluation(manifest["edit"], pairs, conditions, table, manifest["controls"], manifest["excluded"], notes,
                           {**manifest["settings"], "sweep": sweep_settings(store, manifest, len(rows))},

@@ -45,9 +45,9 @@ from typing import Any, Callable
 
 import torch
 
-from interp.sites import Site, SitePattern
+from interp.sites import SitePattern
 from models.base import Adapter, register
-from models.sd import StableDiffusionAdapter, clip_text_patterns, tidy_unet_names
+from models.sd import StableDiffusionAdapter, clip_text_patterns
 from models.sd3 import StableDiffusion3Adapter
 from models.t5 import t5_meta_call, t5_text_patterns
 
@@ -114,9 +114,9 @@ class FluxAdapter(StableDiffusion3Adapter):
     def components(self, pipe: Any) -> dict[str, torch.nn.Module]:
         return Adapter.components(self, pipe)  # SD3's own asks for a third encoder
 
-    def finish_names(self, component: str, sites: list[Site]) -> list[Site]:
-        """LoCoGen's `cross-attn-N` alias on each double-stream block's attention."""
-        return tidy_unet_names(sites) if component == self.denoiser else sites
+    # LoCoGen's `cross-attn-N` alias on each double-stream block's attention, without SD3's pruning of a
+    # last block's missing text stream (every FLUX double-stream block has one)
+    finish_names = StableDiffusionAdapter.finish_names
 
     def meta_forward(
         self, component: str, twin: torch.nn.Module, latent_hw: tuple[int, int] | None = None
