@@ -172,12 +172,18 @@ def _save(result, figure, out: Optional[Path]) -> None:
 def sites(
     model: str = typer.Option("tiny", help=MODEL_HELP),
     kind: Optional[str] = typer.Option(None, help="only sites of this kind, e.g. cross-attn, text-mlp"),
+    finer: bool = typer.Option(False, "--finer", help="also name each layer's head or neuron sites"),
 ) -> None:
-    """List a model's sites in forward order: name, kind, module path, aliases."""
+    """List a model's sites in forward order: name, kind, module path, aliases; with --finer, the
+    head sites (`<site>.head-H`, `.head-H.k/.v`) and neuron sites (`<site>.neuron`) each layer offers."""
+    from interp.sites import finer_sites
+
     loaded = _load(model)
     for site in loaded.sites(kind=kind):
         aliases = f"  ({', '.join(site.aliases)})" if site.aliases else ""
         typer.echo(f"{site.name:24} {site.kind:16} {site.qualified_path}{aliases}")
+        if finer and finer_sites(site):
+            typer.echo(f"{'':24} {finer_sites(site)}")
 
 
 @app.command()

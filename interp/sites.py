@@ -335,6 +335,17 @@ def head_names(site: Site) -> list[str]:
     return [f"{site.name}.head-{h}" for h in range(site.heads)]
 
 
+def finer_sites(site: Site) -> str:
+    """The derived sites a layer site offers, in a few words for listings ("" if none): its heads
+    (and their key/value slices on cross-attention) or its feed-forward neurons."""
+    if site.heads:
+        kv = " (+ .k / .v)" if site.kv_paths else ""
+        return f"heads: {site.name}.head-0 .. .head-{site.heads - 1}{kv}"
+    if site.units:
+        return f"neurons: {site.name}.neuron (units 0 .. {site.units - 1})"
+    return ""
+
+
 def _linear(module: torch.nn.Module, path: str) -> torch.nn.Linear | None:
     try:
         found = module.get_submodule(path)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import interp
 from interp.cli import app
 from tests.random_clip import random_clip_scorer
 
@@ -36,6 +37,19 @@ def test_sites_lists_cross_attention_in_order():
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 4 and lines[0].startswith("down-0-cross-attn-0") and "cross-attn-0" in lines[0]
+
+
+def test_sites_finer_names_heads_and_neurons_that_resolve():
+    from models.testing import dummy_sd_pipeline
+
+    result = invoke("sites", "--model", "dummy", "--finer")
+    assert result.exit_code == 0, result.output
+    heads = [line.split()[1] for line in result.output.splitlines() if line.strip().startswith("heads:")]
+    neurons = [line.split()[1] for line in result.output.splitlines() if line.strip().startswith("neurons:")]
+    assert heads and neurons and any("(+ .k / .v)" in line for line in result.output.splitlines())
+    model = interp.load(dummy_sd_pipeline())
+    for name in heads + neurons:  # every listed name is a site the model resolves
+        assert model.site(name).name == name
 
 
 def test_sites_unknown_kind_is_one_line_exit_2():
