@@ -99,7 +99,7 @@ class LocalizeResult(ScoreGrid):
     @property
     def best_start(self) -> int:
         """The winning window's first layer: lowest or highest mean score, by `mode`."""
-        return int(self.coords["window start"][_best(self.curve, self.settings["mode"])])
+        return int(self.coords["window start"][best_window(self.curve, self.settings["mode"])])
 
     @property
     def best_layers(self) -> list[int]:
@@ -173,7 +173,7 @@ def _cell(value: stats.Interval) -> str:
     return f"{value.value:>8.4f}  {f'[{value.low:.4f}, {value.high:.4f}]':<18}{value.n:>4}"
 
 
-def _best(curve: np.ndarray, mode: str) -> int:
+def best_window(curve: np.ndarray, mode: str) -> int:
     """Index of the winning window: the lowest mean score, or the highest with mode "highest"."""
     return int(np.argmin(curve) if mode == "lowest" else np.argmax(curve))
 
@@ -217,7 +217,7 @@ def _named(texts: Sequence[str]) -> list[dict]:
         raise ScoringInputError(f"the tiny model's judge reads captions of its world: {exc}") from None
 
 
-def _collateral_attributes(model: Model, collateral: Sequence[str] | None, judged: Sequence[str],
+def collateral_attributes(model: Model, collateral: Sequence[str] | None, judged: Sequence[str],
                            prompts: Sequence[str]) -> list[str]:
     """The attributes whose collateral the judge reads: `collateral`, or on the bundled tiny model
     those of COLLATERAL that are not judged and every prompt names; none on other models."""
@@ -237,7 +237,7 @@ def _collateral_attributes(model: Model, collateral: Sequence[str] | None, judge
     return list(collateral)
 
 
-def _collateral_scores(attributes: Sequence[str], prompts: Sequence[str], swapped: list, baseline: list) -> dict:
+def collateral_scores(attributes: Sequence[str], prompts: Sequence[str], swapped: list, baseline: list) -> dict:
     """Per attribute, the judge's P(value the prompt names) of the swapped and the unswapped images."""
     from models.tiny.scoring import JudgeScore
 
@@ -266,7 +266,7 @@ def _pairs(prompts: str | Sequence[str], target_prompt: str | Sequence[str]) -> 
 
 
 @dataclass
-class _Sweep:
+class WindowSweep:
     """One experiment's fixed parts: it generates given swaps for every unit and scores them."""
 
     model: Model
@@ -304,7 +304,7 @@ class _Sweep:
         return {suffix: [scores[n] for n in group] for suffix, group in names.items()}, images
 
 
-def _grow(sweep: _Sweep, window: int | None, threshold: float, mode: str, reference: dict[str, list[float]]
+def _grow(sweep: WindowSweep, window: int | None, threshold: float, mode: str, reference: dict[str, list[float]]
           ) -> tuple[int, np.ndarray, dict[str, np.ndarray], list[dict], bool]:
     """Score every window of m layers, m = `window`, or from 1 up until the best window's share of
     the full swap's effect reaches `threshold` (never where the full swap moves the score against
@@ -328,7 +328,7 @@ def assess_windows(m: int, starts: list[int], grid: np.ndarray, mode: str, refer
     score with its interval, share of the full swap's effect over the `reference` baseline) and
     whether that share met `threshold` (never where the full swap moves the score against `mode`).
     Shared by `localize` and the LoCoGen sweep's aggregation."""
-    best = _best(grid.mean(0), mode)
+    best = best_window(grid.mean(0), mode)
     found = stats.interval(grid[:, best])
     baseline, full = np.mean(reference["baseline"]), np.mean(reference["full"])
     share = float(_share(found.value, baseline, full))
@@ -385,17 +385,17 @@ def localize(
     units = [(p, t, int(s)) for p, t in zip(prompts, targets) for s in seeds]
     texts = [attribute or (p if mode == "lowest" else t) for p, t, _ in units]
     scorer = default_scorer(model, scorer, judged)
-    collateral = _collateral_attributes(model, collateral, judged, prompts)
-    sweep = _Sweep(model, layers, units, texts, scorer, steps, guidance_scale, chunk_size, progress)
+    collateral = collateral_attributes(model, collateral, judged, prompts)
+    sweep = WindowSweep(model, layers, units, texts, scorer, steps, guidance_scale, chunk_size, progress)
 
     reference, unswapped = sweep.generate(lambda t: {"baseline": [], "full": sweep.swap(range(len(layers)), t)})
     m, grid, images, grown, met = _grow(sweep, window, threshold, mode, reference)
-    start = window_starts(len(layers), m)[_best(grid.mean(0), mode)]
+    start = window_starts(len(layers), m)[best_window(grid.mean(0), mode)]
     picked = random_layers(len(layers), m, range(start, start + m), control_seed)
     control, control_images = sweep.generate(lambda t: {"random": sweep.swap(picked, t)})
     chosen = [images[f"u{u}/w{start}"] for u in range(len(units))]
     no_swap = [unswapped[f"u{u}/baseline"] for u in range(len(units))]
-    side_effects = _collateral_scores(collateral, [p for p, _, _ in units], chosen, no_swap)
+    side_effects = collateral_scores(collateral, [p for p, _, _ in units], chosen, no_swap)
 
     settings = {"recipe": "localize", "m": m, "layers": layers, "mode": mode, "scorer": scorer.name,
                 "attribute": attribute, "steps": steps, "guidance_scale": guidance_scale,

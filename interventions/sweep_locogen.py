@@ -25,8 +25,8 @@ from interp.errors import ResultFormatError
 from interp.model import Model
 from interp.sweeps import SweepStore, UnitSpec, unit_key
 from interventions.locogen import (
-    JUDGED, LocalizeResult, _best, _collateral_attributes, _collateral_scores, _Sweep, assess_windows, random_layers,
-    window_starts,
+    JUDGED, LocalizeResult, WindowSweep, assess_windows, best_window, collateral_attributes, collateral_scores,
+    random_layers, window_starts,
 )
 from interventions.prompt_sets import PromptRow, load_prompt_set
 from interventions.sweep_recipes import CHUNK_SIZE, SweepPlan, TraceTask, _scorer, prepare_model, sweep_settings
@@ -63,7 +63,7 @@ class LocoGenWorker:
         candidate; per collateral attribute the judge's P of the unswapped image and of each window's."""
         a = self.arguments
         target, text = spec.extra["target"], spec.extra["text"]
-        sweep = _Sweep(self.model, a["layers"], [(spec.prompt, target, spec.seed)], [text], self.scorer, a["steps"],
+        sweep = WindowSweep(self.model, a["layers"], [(spec.prompt, target, spec.seed)], [text], self.scorer, a["steps"],
                        a["guidance_scale"], a["chunk_size"], False)
         starts = window_starts(len(a["layers"]), a["m"])
         candidates = a["random_candidates"]
@@ -77,7 +77,7 @@ class LocoGenWorker:
         payload: dict[str, Any] = {"baseline": scores["baseline"][0], "full": scores["full"][0],
                                    "window": [scores[f"w{s}"][0] for s in starts],
                                    "random": [scores[f"random{i}"][0] for i in range(len(candidates))]}
-        side = _collateral_scores(a["collateral"], [spec.prompt] * len(starts), windows,
+        side = collateral_scores(a["collateral"], [spec.prompt] * len(starts), windows,
                                   [images["u0/baseline"]] * len(starts))
         for attribute in a["collateral"]:
             payload[f"collateral:{attribute}"] = side[f"collateral:{attribute}"]
@@ -118,7 +118,7 @@ def plan_locogen(
     arguments: dict[str, Any] = {
         "m": window, "layers": layers, "mode": mode, "attribute": attribute, "steps": steps,
         "guidance_scale": guidance_scale, "clip": clip, "judged": list(judged), "scorer": scorer.name,
-        "collateral": _collateral_attributes(loaded, collateral, judged, [r.prompt for r in rows]),
+        "collateral": collateral_attributes(loaded, collateral, judged, [r.prompt for r in rows]),
         "random_candidates": random_candidates(len(layers), window, control_seed), "chunk_size": chunk_size,
     }  # everything a unit's scores depend on, hence in its key; threshold and control_seed only pick
     units = []
@@ -150,7 +150,7 @@ def aggregate_locogen(store: SweepStore) -> LocalizeResult:
     grid = np.array([r["window"] for r in rows], dtype=np.float64)
     reference = {"baseline": [r["baseline"] for r in rows], "full": [r["full"] for r in rows]}
     grown, met = assess_windows(m, starts, grid, mode, reference, manifest["threshold"])
-    start = starts[_best(grid.mean(0), mode)]
+    start = starts[best_window(grid.mean(0), mode)]
     picked = random_layers(count, m, range(start, start + m), seed)
     candidate = a["random_candidates"].index(picked)
     scores = {"window": grid, **reference, "random": [r["random"][candidate] for r in rows]}
