@@ -23,6 +23,15 @@ from interventions.prompt_sets import load_prompt_set
 SITES = ["down-0-cross-attn-0", "mid-cross-attn"]
 
 
+def rows_on_file(folder: Path) -> dict[str, dict]:
+    """Every unit row on file by key, without how it was computed (seconds, worker, attempts);
+    asserts none is twice. Recipe-independent: a row holds the unit and the recipe's payload."""
+    rows = SweepStore(folder).rows()
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)) and len({r["index"] for r in rows}) == len(rows)
+    return {r["key"]: {k: v for k, v in r.items() if k not in ("seconds", "worker", "attempts")} for r in rows}
+
+
 def unit_results(folder: Path) -> dict[str, tuple]:
     """Per-unit results on file: key -> (index, clean, corrupted, restored); asserts none is twice."""
     rows = SweepStore(folder).rows()
@@ -74,10 +83,8 @@ def _reference(tmp_path: Path):
     return rows, plan, unit_results(tmp_path / "reference")
 
 
-def test_driver_process_killed_five_times_then_resumed_equals_an_uninterrupted_sweep(tmp_path):
-    """The driver is a forked copy of this process (no start-up cost), SIGKILLed mid-sweep."""
-    _, plan, reference = _reference(tmp_path)
-    out = tmp_path / "killed"
+def fork_driver(plan, out: Path) -> Callable[[], multiprocessing.Process]:
+    """Starts a forked copy of this process (no start-up cost) that resumes `plan` into `out`."""
 
     def start() -> multiprocessing.Process:
         driver = multiprocessing.get_context("fork").Process(
@@ -85,7 +92,14 @@ def test_driver_process_killed_five_times_then_resumed_equals_an_uninterrupted_s
         driver.start()
         return driver
 
-    on_file = kill_five_times(start, out)
+    return start
+
+
+def test_driver_process_killed_five_times_then_resumed_equals_an_uninterrupted_sweep(tmp_path):
+    """The driver is a forked copy of this process (no start-up cost), SIGKILLed mid-sweep."""
+    _, plan, reference = _reference(tmp_path)
+    out = tmp_path / "killed"
+    on_file = kill_five_times(fork_driver(plan, out), out)
     stats = sweep_recipes.run_sweep(plan, out, resume=True, progress=False)
     assert on_file == sorted(on_file) and on_file[-1] > 0  # nothing on file is ever lost
     assert (stats.skipped, stats.computed) == (on_file[-1], 32 - on_file[-1])  # no finished unit computed again
@@ -107,4 +121,36 @@ def test_cli_driver_killed_five_times_then_resumed_equals_an_uninterrupted_sweep
     assert on_file == sorted(on_file) and on_file[-1] > 0  # nothing on file is ever lost
     assert unit_results(out) == reference  # none lost, none twice, bit-equal
     assert f"{32 - on_file[-1]} units computed, {on_file[-1]} on file before" in finished.stdout
+    assert not list(out.rglob("*.tmp"))
+
+
+def other_recipe_plans() -> dict[str, Callable[[], object]]:
+    """Plans of the LoCoGen and edit-evaluation sweeps on the tiny model (24 units each), built lazily."""
+    from interventions import diffquickfix
+    from interventions.sweep_edit_eval import plan_edit_eval
+    from interventions.sweep_locogen import plan_locogen
+
+    def locogen():
+        return plan_locogen("tiny", load_prompt_set("tiny/style")[:2], window=2, seeds=range(12), steps=2)
+
+    def edit_eval():
+        edit = diffquickfix.edit(sweep_recipes.prepare_model("tiny", "cpu")[1], "van gogh", "painting", layer=0)
+        return plan_edit_eval("tiny", edit, images_per_group=4, controls=False, steps=2)
+
+    return {"locogen": locogen, "edit-eval": edit_eval}
+
+
+@pytest.mark.parametrize("recipe", ["locogen", "edit-eval"])
+def test_locogen_and_edit_eval_drivers_killed_five_times_then_resumed_equal_an_uninterrupted_sweep(recipe, tmp_path):
+    torch.set_num_threads(1)
+    plan = other_recipe_plans()[recipe]()
+    sweep_recipes.run_sweep(plan, tmp_path / "reference", progress=False)
+    out = tmp_path / "killed"
+    on_file = kill_five_times(fork_driver(plan, out), out)
+    stats = sweep_recipes.run_sweep(plan, out, resume=True, progress=False)
+    units = len(plan.units)
+    assert on_file == sorted(on_file) and on_file[-1] > 0  # nothing on file is ever lost
+    assert (stats.skipped, stats.computed) == (on_file[-1], units - on_file[-1])  # nothing computed twice
+    assert rows_on_file(out) == rows_on_file(tmp_path / "reference")  # none lost, none twice, bit-equal
+    assert type(sweep_recipes.aggregate(out)) is type(sweep_recipes.aggregate(tmp_path / "reference"))
     assert not list(out.rglob("*.tmp"))

@@ -23,7 +23,9 @@ ray = pytest.importorskip("ray")
 from interp.sweeps import SweepStore  # noqa: E402
 from interventions import sweep_recipes  # noqa: E402
 from interventions.prompt_sets import load_prompt_set  # noqa: E402
-from tests.test_sweeps_kill import kill_five_times, sweep_command, unit_results  # noqa: E402
+from tests.test_sweeps_kill import (  # noqa: E402
+    kill_five_times, other_recipe_plans, rows_on_file, sweep_command, unit_results,
+)
 
 STEPS, SITES = 2, ["down-0-cross-attn-0", "mid-cross-attn"]
 RAY_BIN = Path(sys.executable).with_name("ray")
@@ -98,6 +100,18 @@ def test_one_ray_worker_gives_the_local_engines_results(cluster, rows, reference
     assert (stats.computed, stats.failed) == (12, 0)
     assert unit_results(folder) == reference  # bit-equal, unit by unit
     assert len({r["worker"] for r in SweepStore(folder).rows()}) == 1
+
+
+@pytest.mark.parametrize("recipe", ["locogen", "edit-eval"])
+def test_locogen_and_edit_eval_tasks_rebuilt_in_ray_workers_give_the_local_engines_results(cluster, recipe, tmp_path):
+    """The tasks pickle, ship and load the model again in a Ray worker; per-unit rows are bit-equal."""
+    plan = other_recipe_plans()[recipe]()
+    plan = type(plan)(plan.task, plan.units[:6], {**plan.manifest, "units": 6})  # 6 units are enough here
+    sweep_recipes.run_sweep(plan, tmp_path / "local", progress=False)
+    stats = sweep_recipes.run_sweep(plan, tmp_path / "ray", engine="ray", address=cluster, workers=2, progress=False)
+    assert (stats.computed, stats.failed) == (6, 0)
+    assert rows_on_file(tmp_path / "ray") == rows_on_file(tmp_path / "local")
+    assert all(r["worker"].startswith("ray-") for r in SweepStore(tmp_path / "ray").rows())
 
 
 def test_two_ray_workers_one_killed_mid_sweep_give_the_local_engines_results(cluster, rows, reference, tmp_path):
