@@ -14,8 +14,8 @@ Measured in one run:
     and whole edit, against the former collection that encoded the shared new prompts once per
     concept (kept below, only here); LoCoEdit on all 16 SD1.5 layers, one concept and 100, against
     the former d x d solve of whole float64 weights; each with its error against the float64 formula
-    (relative to the update and to the weight). Also a two-GEMM `solve_closed_form` (K^T R =
-    K^T V - K^T K W^T), a prototype for `interp.editing`.
+    (relative to the update and to the weight), and `solve_closed_form`'s two-GEMM form (K^T R =
+    K^T V - K^T K W^T) against its former three.
 Run from the repository root: ``python -m bench.edit_speed [--threads N] [--compare-only]``. On a machine whose
 cores are busy with other work, 2 OpenMP threads can be 10x slower than 1, so use ``--threads 1``
 there and read the CPU-time column; the load average is printed so the numbers can be read against it.
@@ -192,13 +192,12 @@ def former_locoedit_solve(k_weights, v_weights, keys: Tensor, targets: Tensor, l
     return solved
 
 
-def two_gemm_solve(weight: Tensor, keys: Tensor, values: Tensor, lam: float) -> Tensor:
-    """`solve_closed_form` for n > out without the residual GEMM: K^T R = K^T V - (K^T K) W^T."""
+def former_three_gemm_solve(weight: Tensor, keys: Tensor, values: Tensor, lam: float) -> Tensor:
+    """`solve_closed_form`'s former path for n > out: residuals R = V - K W^T, then K^T R (three
+    products over the n key rows: K^T K, K W^T, K^T R)."""
     w, k, v = weight.detach().double(), keys.double(), values.double()
-    gram = k.T @ k
-    rhs = torch.addmm(k.T @ v, gram, w.T, alpha=-1.0)  # (in, out)
-    gram.diagonal().add_(lam)
-    return (w + torch.linalg.solve(gram, rhs).T).to(weight.dtype)
+    lhs = lam * torch.eye(k.shape[1], dtype=torch.float64) + k.T @ k
+    return (w + torch.linalg.solve(lhs, k.T @ (v - k @ w.T)).T).to(weight.dtype)
 
 
 def locoedit_reference(weights: dict[str, Tensor], keys: Tensor, targets: Tensor, lam: float) -> dict[str, Tensor]:
@@ -232,25 +231,27 @@ def old_against_new(model: Model, stub: nn.Module) -> None:
     same = max(float((k_new - k_old).abs().max()), float((v_new - v_old).abs().max()))
     weight = model.pipe.text_encoder.get_parameter(OUT_PROJ)
     t = {"collect old": timed(old_collect, 3), "collect new": timed(new_collect, 3)}
-    t["solve (3 GEMMs, interp.editing)"] = timed(lambda: solve_closed_form(weight, k_new, v_new, LAM), 3)
-    t["solve (2 GEMMs, prototype)"] = timed(lambda: two_gemm_solve(weight, k_new, v_new, LAM), 3)
-    reference = two_gemm_solve(weight.detach().double(), k_new.double(), v_new.double(), LAM)
-    exact = {OUT_PROJ: reference}
-    for label, got in (("3 GEMMs", solve_closed_form(weight, k_new, v_new, LAM)),
-                       ("2 GEMMs", two_gemm_solve(weight, k_new, v_new, LAM))):
+    t["solve (3 GEMMs, former)"] = timed(lambda: former_three_gemm_solve(weight, k_new, v_new, LAM), 3)
+    t["solve (2 GEMMs, interp.editing)"] = timed(lambda: solve_closed_form(weight, k_new, v_new, LAM), 3)
+    k64 = k_new.double()
+    gain = torch.linalg.solve(LAM * torch.eye(k64.shape[1], dtype=torch.float64) + k64.T @ k64, k64.T).T  # K A^-1
+    w64 = weight.detach().double()
+    exact = {OUT_PROJ: w64 + (v_new.double() - k64 @ w64.T).T @ gain}  # the float64 formula, term by term
+    for label, got in (("3 GEMMs (former)", former_three_gemm_solve(weight, k_new, v_new, LAM)),
+                       ("2 GEMMs (interp.editing)", solve_closed_form(weight, k_new, v_new, LAM))):
         update, whole = errors({OUT_PROJ: got}, exact, {OUT_PROJ: weight})
         print(f"  DiffQuickFix solve, {label}: error {update:.1e} of the update, {whole:.1e} of the weight")
-    t["edit old (old collect + solve)"] = timed(
-        lambda: solve_closed_form(weight, *old_collect(), LAM), 3)
+    t["edit old (old collect + 3-GEMM solve)"] = timed(
+        lambda: former_three_gemm_solve(weight, *old_collect(), LAM), 3)
     t["edit new (diffquickfix.edit)"] = timed(
         lambda: diffquickfix.edit(model, concepts, NEW, OUT_PROJ_LAYER, LAM, DIFFQUICKFIX_TEMPLATES), 3)
     print(f"  DiffQuickFix, 100 concepts -> '{NEW}', {len(k_new)} keys; old and new keys/values differ by "
           f"at most {same:.1e}")
     for label, timing in t.items():
-        print(f"    {label:<34} wall {timing.wall * 1000:8.1f} ms  cpu {timing.cpu * 1000:8.1f} ms")
+        print(f"    {label:<40} wall {timing.wall * 1000:8.1f} ms  cpu {timing.cpu * 1000:8.1f} ms")
     for label, a, b in (("collection", "collect old", "collect new"),
-                        ("whole edit", "edit old (old collect + solve)", "edit new (diffquickfix.edit)"),
-                        ("solve, 2 GEMMs", "solve (3 GEMMs, interp.editing)", "solve (2 GEMMs, prototype)")):
+                        ("whole edit", "edit old (old collect + 3-GEMM solve)", "edit new (diffquickfix.edit)"),
+                        ("solve", "solve (3 GEMMs, former)", "solve (2 GEMMs, interp.editing)")):
         print(f"  DiffQuickFix {label} old/new: wall {t[a].wall / t[b].wall:.2f}x, cpu {t[a].cpu / t[b].cpu:.2f}x")
 
     k_weights, v_weights = kv_weights(stub)

@@ -110,18 +110,19 @@ def solve_closed_form(
 
     device = weight.device
     w, k, v = (_float64(n, x, device) for n, x in (("weight", weight), ("keys", keys), ("values", values)))
-    lhs = lam * torch.eye(in_dim, dtype=torch.float64, device=device) + k.T @ k  # A, (in, in)
+    gram = k.T @ k  # K^T K, (in, in)
+    lhs = gram.add(torch.eye(in_dim, dtype=torch.float64, device=device), alpha=lam)  # A = lam I + K^T K
     if preserve_keys is not None:
         p = _float64("preserve_keys", preserve_keys, device)
         lhs = lhs + preserve_lam * (p.T @ p)
     # rhs = W' A + R^T K with residuals R = V - K W'^T, so W* = W' + R^T K A^-1 (A is symmetric).
     # Solving for K A^-1 (n columns) or R^T K A^-1 (out columns), whichever is fewer, is the same
     # float64 solve of the transposed system at a fraction of the cost when n << out or out << n.
-    residual = v - k @ w.T  # (n, out)
     if len(k) <= out_dim:
+        residual = v - k @ w.T  # (n, out)
         solution = torch.addmm(w, residual.T, torch.linalg.solve(lhs, k.T).T)
-    else:
-        solution = w + torch.linalg.solve(lhs, k.T @ residual).T
+    else:  # K^T R = K^T V - (K^T K) W'^T: two products over the n rows (K^T K, K^T V), not three
+        solution = w + torch.linalg.solve(lhs, torch.addmm(k.T @ v, gram, w.T, alpha=-1)).T
     return solution.to(dtype=weight.dtype, device=weight.device)
 
 
