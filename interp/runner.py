@@ -15,10 +15,11 @@ the target prompt's text, computed before the trace.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import nnsight
 import torch
@@ -26,10 +27,12 @@ from nnsight import NNsight
 from PIL import Image
 from tqdm.auto import tqdm
 
-from interp.budget import runs_per_chunk
+from interp.budget import default_cache_gb, runs_per_chunk
+from interp.chunks import Chunk, plan_chunks, recomputed
 from interp.errors import GraphValidationError, UnsupportedSchedulerError
 from interp.graph import (
     PRK_STEPS, Add, Capture, Graph, Noise, Operation, Restore, Run, Scale, Set, Swap, Zero, run_size, runge_kutta,
+    selected_shape,
 )
 from interp.model import Model
 from interp.sites import HEAD, Site
@@ -71,6 +74,8 @@ class _Action:
     element: int = 0  # which element of a tuple output (`Site.element`)
     context: torch.Tensor | None = None  # Swap: the replacement text embedding (or a head's key/value slice)
     columns: slice | torch.Tensor | None = None  # heads or units: the slice of the last dim acted on
+    cached: tuple | None = None  # a restore whose source ran in an earlier chunk: its slice's cache key
+    store: tuple | None = None  # a source's slice that later chunks restore: kept under this key
 
 
 @dataclass
@@ -109,16 +114,22 @@ def run(
     chunk_size: int | None = None,
     memory_budget_gb: float = 4.0,
     progress: bool = True,
+    cache_budget_gb: float | None = None,
 ) -> GraphResult:
     """Validate and execute `graph`, batching runs that share a denoising loop.
 
     At most `chunk_size` runs (sources included) share one pipeline call; by default as many as
-    fit `memory_budget_gb` by `interp.budget`'s estimate.
+    fit `memory_budget_gb` by `interp.budget`'s estimate. A restore source (the clean run) needed by
+    several chunks is computed once: the slices later chunks restore are kept on the host, up to
+    `cache_budget_gb` (default `interp.budget.default_cache_gb()`; 0 recomputes the source in every
+    chunk, and the progress line says how many runs were recomputed).
     """
     if chunk_size is not None and chunk_size < 1:
         raise GraphValidationError(f"chunk_size must be >= 1, got {chunk_size}")
-    if not memory_budget_gb > 0:  # also NaN
-        raise GraphValidationError(f"memory_budget_gb must be > 0, got {memory_budget_gb}; it sizes the batches")
+    for name, value in (("memory_budget_gb", memory_budget_gb), ("cache_budget_gb", cache_budget_gb)):
+        if value is not None and not value >= (0 if name == "cache_budget_gb" else 1e-30):  # also NaN
+            raise GraphValidationError(f"{name} must be {'>= 0' if name == 'cache_budget_gb' else '> 0'}, got "
+                                       f"{value}; it sizes the batches")
     graph.validate(model)
 
     def limit(first: Run) -> int:
@@ -127,10 +138,15 @@ def run(
         height, width = run_size(model, first)
         return runs_per_chunk(model, height, width, model.adapter.cfg(first.guidance_scale), memory_budget_gb * 2**30)
 
-    result = GraphResult()
-    chunks = list(plan_chunks(graph, limit))
-    for chunk in tqdm(chunks, desc="chunks", disable=not progress or len(chunks) < 2):
-        images, captures, calls = _run_chunk(model, graph, chunk, progress)
+    cache_gb = default_cache_gb() if cache_budget_gb is None else cache_budget_gb
+    chunks = plan_chunks(graph, limit, lambda target, source: cache_needs(model, graph, target, source),
+                         cache_gb * 2**30)
+    stores = _stores(graph, chunks)
+    again = recomputed(chunks)
+    desc = f"chunks ({again} source runs recomputed: raise cache_budget_gb)" if again else "chunks"
+    result, cache = GraphResult(), {}
+    for chunk, kept in zip(tqdm(chunks, desc=desc, disable=not progress or len(chunks) < 2), stores):
+        images, captures, calls = _run_chunk(model, graph, chunk, progress, cache, kept)
         for name, image in zip(chunk, images):
             result.images.setdefault(name, image)
         for name, keyed in captures.items():
@@ -139,30 +155,59 @@ def run(
     return result
 
 
-def plan_chunks(graph: Graph, limit: Callable[[Run], int]) -> Iterator[list[str]]:
-    """Split runs into batches of equal denoising loops, each carrying its own restore sources.
+def cache_key(op: Restore, site: Site) -> tuple:
+    """What a restore reads from its source: the source, hook point, tokens, columns and branch.
+    Targets that read the same slice share one cached copy."""
+    columns = _columns(site, op)
+    if isinstance(columns, torch.Tensor):
+        columns = tuple(columns.tolist())
+    elif isinstance(columns, slice):
+        columns = (columns.start, columns.stop, "slice")
+    return (op.source, site.component, site.path, site.io, site.element, op.tokens, columns, op.branch)
 
-    `limit(run)` is the most runs per batch for the group of runs like `run`.
-    """
-    groups: dict[tuple, list[str]] = defaultdict(list)
-    for run_ in graph.runs.values():
-        groups[run_.batch_key()].append(run_.name)
-    for names in groups.values():
-        chunk_size = limit(graph.runs[names[0]])
-        current: list[str] = []
-        done: set[str] = set()
-        for name in names:
-            if name in done:
-                continue
-            closure = graph.closure(name)
-            need = [n for n in closure if n not in current]
-            if current and len(current) + len(need) > chunk_size:
-                yield current
-                current, need = [], closure
-            current += need
-            done.update(need)
-        if current:
-            yield current
+
+def _op_site(model: Model, op: Restore) -> Site:
+    """The site an op acts on: its own, or with `heads=` the first head's (same hook point)."""
+    site = model.site(op.site)
+    return model.site(f"{site.name}.head-{op.heads[0]}") if op.heads is not None else site
+
+
+def cache_needs(model: Model, graph: Graph, target: str, source: str) -> dict[tuple, float]:
+    """Bytes of each slice `target` restores from `source`, over the denoiser calls it restores at
+    (text sites: once); infinite where the slice's shape is not known before running."""
+    run_ = graph.runs[target]
+    cfg = model.adapter.cfg(run_.guidance_scale)
+    calls = call_steps(model.pipe.scheduler, run_.steps)
+    size = torch.finfo(model.denoiser.dtype).bits // 8
+    needs = {}
+    for op in run_.ops:
+        if not isinstance(op, Restore) or op.source != source:
+            continue
+        site = _op_site(model, op)
+        shape = selected_shape(model, run_, site, op)
+        if not shape:
+            return {cache_key(op, site): float("inf")}
+        length = model.adapter.token_length(model.pipe, 0)
+        per_row = math.prod(length if d is None else d for d in shape)
+        rows = len(_rows(0, 1, cfg, op.branch, site.is_text))
+        times = 1 if site.is_text else sum(1 for step in calls if op.steps is None or step in op.steps)
+        needs[cache_key(op, site)] = float(per_row * rows * times * size)
+    return needs
+
+
+def _stores(graph: Graph, chunks: list[Chunk]) -> list[list[Restore]]:
+    """Per chunk, the restores of later chunks whose source it computes: it keeps their slices."""
+    first: dict[str, int] = {}
+    for i, chunk in enumerate(chunks):
+        for name in chunk:
+            first.setdefault(name, i)
+    stores: list[list[Restore]] = [[] for _ in chunks]
+    for chunk in chunks:
+        for name in chunk:
+            for op in graph.runs[name].ops:
+                if isinstance(op, Restore) and op.source in chunk.cached:
+                    stores[first[op.source]].append(op)
+    return stores
 
 
 def _rows(run_index: int, n: int, cfg: bool, branch: str, text: bool) -> list[int]:
@@ -173,11 +218,13 @@ def _rows(run_index: int, n: int, cfg: bool, branch: str, text: bool) -> list[in
 
 
 def _hook_points(
-    model: Model, graph: Graph, chunk: list[str], contexts: dict[tuple[str, str], torch.Tensor]
+    model: Model, graph: Graph, chunk: list[str], contexts: dict[tuple[str, str], torch.Tensor],
+    stores: list[Restore] = (),
 ) -> list[_HookPoint]:
     """Every (module, input/output) the chunk's operations touch, sorted in forward order.
 
-    `contexts[(prompt, site name)]` is what a swapped site's key/value projections read."""
+    `contexts[(prompt, site name)]` is what a swapped site's key/value projections read; `stores`
+    are later chunks' restores whose source this chunk computes (their slices are kept)."""
     ranks = {name: i for i, name in enumerate(model.components)}
     points: dict[tuple[str, str, str], _HookPoint] = {}
     n, cfg = len(chunk), model.adapter.cfg(graph.runs[chunk[0]].guidance_scale)
@@ -207,13 +254,21 @@ def _hook_points(
                             point(site.component, kv, "input", False).actions.append(_Action(op, name, rows,
                                                                                              context=context))
                 continue
-            site = model.site(op.site)
-            rows = _rows(index, n, cfg, op.branch, site.is_text)
-            if op.heads is not None:  # the heads' slices of the out projection's input
-                site = model.site(f"{site.name}.head-{op.heads[0]}")
-            action = _Action(op, name, rows, element=site.element, columns=_columns(site, op))
-            if isinstance(op, Restore):
+            site = _op_site(model, op)  # with heads=, the heads' slices of the out projection's input
+            action = _Action(op, name, _rows(index, n, cfg, op.branch, site.is_text), element=site.element,
+                             columns=_columns(site, op))
+            if isinstance(op, Restore) and op.source in chunk:
                 action.source_rows = _rows(chunk.index(op.source), n, cfg, op.branch, site.is_text)
+            elif isinstance(op, Restore):
+                action.cached = cache_key(op, site)
+            point(site.component, site.path, site.io, site.tuple_output).actions.append(action)
+    kept: set[tuple] = set()
+    for op in stores:
+        site = _op_site(model, op)
+        if cache_key(op, site) not in kept:
+            kept.add(cache_key(op, site))
+            action = _Action(op, op.source, _rows(chunk.index(op.source), n, cfg, op.branch, site.is_text),
+                             element=site.element, columns=_columns(site, op), store=cache_key(op, site))
             point(site.component, site.path, site.io, site.tuple_output).actions.append(action)
     for hook in points.values():
         hook.actions.sort(key=lambda a: _PRIORITY.get(type(a.op), 0))
@@ -279,6 +334,10 @@ def _apply(action: _Action, out: torch.Tensor, captures: _Captures) -> None:
 
     if action.context is not None:  # Swap: the layer (or head) reads another prompt's text
         _write(out, rows, None, columns, value(action.context))
+    elif action.store is not None:  # a source's slice, kept for a later chunk's restores
+        captures.cache.setdefault(action.store, {})[captures.where] = read().detach().to("cpu").clone()
+    elif action.cached is not None:  # a restore from a source computed in an earlier chunk
+        _write(out, rows, tokens, columns, value(captures.cache[action.cached][captures.where]))
     elif isinstance(op, Restore):
         _write(out, rows, tokens, columns, _read(out, action.source_rows, tokens, columns))
     elif isinstance(op, Noise):
@@ -342,6 +401,7 @@ class _Captures:
     where: tuple[int, int] = (0, 0)
     tensors: dict[str, dict[str, list[torch.Tensor]]] = field(default_factory=lambda: defaultdict(dict))
     calls: dict[str, dict[str, list[tuple[int, int]]]] = field(default_factory=lambda: defaultdict(dict))
+    cache: dict[tuple, dict[tuple[int, int], torch.Tensor]] = field(default_factory=dict)  # across chunks
 
     def keep(self, run_: str, key: str, tensor: torch.Tensor) -> None:
         self.tensors[run_].setdefault(key, []).append(tensor)
@@ -382,7 +442,8 @@ def _check_calls(model: Model, first: Run) -> None:
         )
 
 
-def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool) -> tuple[torch.Tensor, dict]:
+def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool, cache: dict, stores: list[Restore]
+               ) -> tuple[torch.Tensor, dict, dict]:
     runs: list[Run] = [graph.runs[name] for name in chunk]
     first = runs[0]
     height, width = run_size(model, first)
@@ -404,12 +465,12 @@ def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool) -> 
             by_prompt[prompt].append(site)
         contexts = {(p, site.name): context for p, sites in by_prompt.items()
                     for site, context in zip(sites, adapter.kv_inputs(pipe, sites, conds[p]))}
-    hooks = _hook_points(model, graph, chunk, contexts)
+    hooks = _hook_points(model, graph, chunk, contexts, stores)
     text_hooks = [h for h in hooks if h.component != adapter.denoiser]
     step_hooks = [h for h in hooks if h.component == adapter.denoiser]
     traced_calls = _traced_calls(model, first, step_hooks)
     where = {call: (step, within) for call, step, within in traced_calls}
-    captures = _Captures()
+    captures = _Captures(cache=cache)
 
     root = _Pipeline(model)
     bar_config = dict(getattr(pipe, "_progress_bar_config", {}))

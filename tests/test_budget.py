@@ -15,9 +15,12 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 import interp
 from interp import budget
-from interp.budget import HEAP, KEPT, SLACK, Estimate, estimate, forward_lines, runs_per_chunk
+from interp.budget import (
+    CACHE_CAP_GB, HEAP, KEPT, SLACK, Estimate, default_cache_gb, estimate, forward_lines, runs_per_chunk,
+)
 from interp.graph import Graph, Restore, Run
-from interp.runner import plan_chunks
+from interp.chunks import plan_chunks, recomputed
+from interp.runner import cache_needs
 from models.vocab import build_clip_tokenizer
 from tests.configs import SD15_TEXT, SD15_UNET
 
@@ -116,12 +119,25 @@ def test_70_site_sd15_trace_at_512px_plans_each_chunk_with_its_clean_source(sd15
     for site in sites:
         graph.add(Run(site, "a photo", steps=25, height=512, width=512, ops=[Restore(site, source="clean")]))
     per_chunk = runs_per_chunk(sd15, 512, 512, True, 4.0 * 2**30)  # the runner's default budget
-    chunks = list(plan_chunks(graph, lambda run_: per_chunk))
+    chunks = plan_chunks(graph, lambda run_: per_chunk)  # no cache: each chunk recomputes the clean run
     assert all(chunk[0] == "clean" and len(chunk) <= per_chunk for chunk in chunks)
     assert sorted(n for chunk in chunks for n in chunk[1:]) == sorted(sites)
     assert len(chunks) == math.ceil(70 / (per_chunk - 1))
     assert per_chunk >= 3  # no longer [clean, site] pairs: 140 runs
     total = sum(map(len, chunks))
     assert total == 70 + len(chunks) < 140
+    needs = lambda target, source: cache_needs(sd15, graph, target, source)  # noqa: E731
+    assert 8 * 2**30 < sum(sum(needs(s, "clean").values()) for s in sites) < 9 * 2**30  # every site, 25 steps, CFG
+    cached = plan_chunks(graph, lambda run_: per_chunk, needs, CACHE_CAP_GB * 2**30)  # the default on >= 32 GB
+    assert sum(map(len, cached)) == 71 and recomputed(cached) == 0  # the clean run once
+    tight = plan_chunks(graph, lambda run_: per_chunk, needs, 4 * 2**30)  # a cache too small for all of it
+    assert 71 < sum(map(len, tight)) == 71 + recomputed(tight) < total
     sliced = dataclasses.replace(estimate(sd15, 512, 512, True), sliced_decode=True)
     assert sliced.runs_within(4.0 * 2**30) > per_chunk  # decoding one image at a time fits more runs
+
+
+def test_default_cache_is_half_the_machine_memory_at_most_the_cap():
+    import os
+
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    assert default_cache_gb() == min(CACHE_CAP_GB, physical / 2)

@@ -167,8 +167,41 @@ def test_memory_budget_sets_the_chunk_size(model):
     graph = Graph([Run("clean", PROMPT, steps=STEPS)])
     for site in denoiser_sites(model)[:5]:
         graph.add(Run(site, PROMPT, steps=STEPS, ops=[Restore(site, source="clean")]))
-    chunks = list(plan_chunks(graph, lambda run_: 3))
-    assert all("clean" in chunk and len(chunk) <= 3 for chunk in chunks)  # each carries its source
+    chunks = plan_chunks(graph, lambda run_: 3)  # no cache: each chunk carries its source
+    assert all("clean" in chunk and len(chunk) <= 3 for chunk in chunks)
     assert sorted({n for chunk in chunks for n in chunk}) == sorted(graph.runs)
     budgeted = run(model, graph, memory_budget_gb=3.5 * per_run / 2**30, progress=False).images
     assert set(budgeted) == set(graph.runs)
+
+
+def test_a_source_computed_once_and_read_from_the_cache_gives_the_same_images(model):
+    """Restores (whole layers, tokens, heads, one branch, some steps) from a clean run computed in the
+    first chunk only equal the same graph with the clean run recomputed in every chunk."""
+    from interp.chunks import plan_chunks, recomputed
+    from interp.runner import cache_needs
+
+    sites = denoiser_sites(model)[:4]
+    graph = Graph([Run("clean", PROMPT, steps=STEPS)])
+    for site in sites:
+        graph.add(corrupt(model, site, Restore(site, source="clean")))
+    graph.add(corrupt(model, "cond-late", Restore(sites[0], source="clean", branch="cond", steps=(1, 2))))
+    graph.add(corrupt(model, "heads", Restore("mid-cross-attn", source="clean", heads=(0,))))
+    subject = tuple(model.locate(PROMPT, "van gogh").positions)  # the noised tokens
+    graph.add(corrupt(model, "text", Restore("text-hidden-0", source="clean", tokens=subject)))
+    graph.add(corrupt(model, "corrupted"))
+    needs = lambda target, source: cache_needs(model, graph, target, source)  # noqa: E731
+    cached, again = plan_chunks(graph, lambda _: 3, needs, 2**30), plan_chunks(graph, lambda _: 3, needs, 0)
+    assert [n for c in cached for n in c].count("clean") == 1 and recomputed(cached) == 0
+    assert sum(c.count("clean") for c in again) == len(again) > 1 and recomputed(again) == len(again) - 1
+    assert all(c.cached == {"clean"} for c in cached[1:])
+    once = run(model, graph, chunk_size=3, progress=False).images
+    every = run(model, graph, chunk_size=3, cache_budget_gb=0, progress=False).images
+    for name in graph.runs:
+        assert (once[name] - every[name]).abs().max() <= 1e-6, name
+    for name in [*sites, "cond-late", "heads", "text"]:  # every restore read from the cache acted
+        assert (once[name] - once["corrupted"]).abs().max() > 1e-4, name
+
+
+def test_cache_budget_must_not_be_negative(model):
+    with pytest.raises(GraphValidationError, match="cache_budget_gb must be >= 0"):
+        run(model, Graph([Run("clean", PROMPT, steps=STEPS)]), cache_budget_gb=-1, progress=False)
