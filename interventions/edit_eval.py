@@ -44,7 +44,7 @@ import inspect
 import json
 import math
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -266,7 +266,7 @@ def plan_evaluation(
                          "the unedited condition and the controls are built from the model as it is")
     pairs = chosen_concepts(edit.metadata, concepts)
     used = edit_prompts(edit.metadata)
-    planned = [plan_groups(c, used, images_per_group, seed) for c in pairs]
+    planned = [plan_groups(c, used, images_per_group, seed, edited_concepts(edit.metadata)) for c in pairs]
     groups = [g for gs, _ in planned for g in gs]
     excluded = sorted({p for _, left_out in planned for p in left_out})
     check_held_out([p for g in groups for p, _ in g.units], edit)
@@ -295,6 +295,11 @@ def chosen_concepts(metadata: Mapping[str, Any], concepts: str | Sequence[str] |
     return [p for p in pairs if p.old in wanted]
 
 
+def edited_concepts(metadata: Mapping[str, Any]) -> list[str]:
+    """Every old concept the edit changes (whichever of them are evaluated)."""
+    return [old for old, _ in metadata.get("concepts") or ()]
+
+
 def edit_prompts(metadata: Mapping[str, Any]) -> frozenset[str]:
     """Every prompt the edit was built from, normalised (`_normal`): each string its metadata holds
     (templates, a target prompt, preservation prompts, at any depth), a template ("a photo of {}")
@@ -320,11 +325,13 @@ def check_held_out(prompts: Iterable[str], edit: Edit) -> None:
                          f"leave them out (evaluate_edit does) or edit with other templates")
 
 
-def plan_groups(concept: Concept, used: frozenset[str], images: int, seed: int) -> tuple[list[Group], list[str]]:
+def plan_groups(concept: Concept, used: frozenset[str], images: int, seed: int, edited: Collection[str] = ()
+                ) -> tuple[list[Group], list[str]]:
     """The concept's groups (those with any prompt left) and the world prompts left out of them
-    because they are in `used`."""
+    because they are in `used`. `edited`: every old concept of the edit, none of which a neighbour
+    names (in an edit of van gogh and monet, a monet prompt is not van gogh's neighbour)."""
     groups, excluded = [], []
-    for name, (strata, measures) in _sources(concept).items():
+    for name, (strata, measures) in _sources(concept, edited).items():
         pool = _interleave([[p for p in s if _normal(p) not in used] for s in strata], random.Random(seed))
         excluded += [p for s in strata for p in s if _normal(p) in used]
         if pool:
@@ -451,12 +458,13 @@ def _measure(
     return out
 
 
-def _sources(concept: Concept) -> dict[str, tuple[list[list[str]], tuple[Measure, ...]]]:
-    """Per group: its prompt sources (each a list of world captions, drawn from evenly) and measures."""
+def _sources(concept: Concept, edited: Collection[str] = ()) -> dict[str, tuple[list[list[str]], tuple[Measure, ...]]]:
+    """Per group: its prompt sources (each a list of world captions, drawn from evenly) and measures;
+    neighbours name none of `edited` (the edit's old concepts) nor the concept itself."""
     c = concept.old
     styled = [s for s in STYLES if s != "plain"]
-    others = [s for s in STYLES if s != c]  # every style but a style concept's own
-    named_out = {c, *_synonyms(c)}
+    others = [s for s in STYLES if s != c and s not in edited]  # every style the edit does not change
+    named_out = {n for e in {c, *edited} for n in (e, *_synonyms(e))}
     specificity = (
         [[p for s in others if s != "plain" for p in _generic(s)], _generic("plain"),
          _named([n for n in CHARACTERS if n not in named_out], others),

@@ -25,7 +25,7 @@ from interp.model import Model
 from interp.sweeps import SweepStore, UnitSpec, unit_key
 from interventions import edits
 from interventions.edit_eval import (
-    IMAGES_PER_GROUP, EditEvaluation, Row, chosen_concepts, edit_prompts, plan_evaluation, plan_groups,
+    IMAGES_PER_GROUP, EditEvaluation, Row, chosen_concepts, edit_prompts, edited_concepts, plan_evaluation, plan_groups,
 )
 from interventions.evaluate import GUIDANCE, STEPS, Judge, judge_units, tiny_judge
 from interventions.sweep_recipes import SweepPlan, TraceTask, prepare_model, sweep_settings
@@ -77,7 +77,8 @@ def _groups(manifest: dict[str, Any]) -> list:
     s = manifest["settings"]
     pairs = chosen_concepts(manifest["edit"], manifest["concepts_chosen"])
     used = edit_prompts(manifest["edit"])
-    return [g for c in pairs for g in plan_groups(c, used, s["images_per_group"], s["seed"])[0]]
+    edited = edited_concepts(manifest["edit"])
+    return [g for c in pairs for g in plan_groups(c, used, s["images_per_group"], s["seed"], edited)[0]]
 
 
 def plan_edit_eval(

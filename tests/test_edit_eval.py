@@ -135,6 +135,18 @@ def test_style_groups_measure_the_new_style_too() -> None:
     assert any(p.startswith("a van gogh painting of") for p, _ in generalization.units)
 
 
+def test_neighbours_name_no_concept_of_the_edit() -> None:
+    """In one edit of van gogh and monet, a monet prompt is changed on purpose: not van gogh's neighbour."""
+    edited = ["van gogh", "monet", "wumbo"]
+    for concept in (Concept.of("van gogh", "painting"), Concept.of("wumbo", "a circle")):
+        alone = plan_groups(concept, frozenset(), 400, 0)[0][-1]
+        together = plan_groups(concept, frozenset(), 400, 0, edited)[0][-1]
+        assert alone.name == together.name == "specificity"
+        assert any("monet" in p for p, _ in alone.units)  # alone, the other style is a neighbour
+        assert not any(e in p for p, _ in together.units for e in edited)
+        assert any("mondrian" in p for p, _ in together.units) and any("zibble" in p for p, _ in together.units)
+
+
 def test_fact_groups_use_synonyms_and_measure_old_and_new_values() -> None:
     groups, _ = plan_groups(Concept.of("the king of zembla", "the king of vardo"), frozenset(), 64, 0)
     efficacy, generalization, specificity = groups
