@@ -64,7 +64,7 @@ def edit(
     lam_k: float = LAM,
     lam_v: float = LAM,
     templates: Sequence[str] = TEMPLATES,
-    target_prompt: str = TARGET_PROMPT,
+    target_prompt: str | None = TARGET_PROMPT,
     positions: str = POSITIONS,
     preserve: str | Sequence[str] = (),
     preserve_weight: float = 1.0,
@@ -73,7 +73,9 @@ def edit(
 
     `layers`: cross-attention site names or LoCoGen indices (`cross-attn-8` or 8), "all" for every
     cross-attention layer, or None for LoCoGen's SD1.x style window `STYLE_WINDOW`. `new` is one
-    concept for all, or one per old concept; `target_prompt` holds it ("a {}" -> "a painting").
+    concept for all, or one per old concept; `target_prompt` holds it ("a {}" -> "a painting"), or
+    None: each template holds it, so the keys' template words meet their own states (DiffQuickFix's
+    pairing).
     `positions` picks the keys (`interventions.edits.aligned`): "subject" (the paper's), or
     "subject+eos" / "from-subject", which add the EOS and padding states the layers also read.
     `preserve` prompts keep what the edited layers read from them: their keys and values at every
@@ -202,14 +204,14 @@ def collect(
     old: str | Sequence[str],
     new: str | Sequence[str],
     templates: Sequence[str] = TEMPLATES,
-    target_prompt: str = TARGET_PROMPT,
+    target_prompt: str | None = TARGET_PROMPT,
     layers: Layers = "all",
     positions: str = POSITIONS,
 ) -> dict[str, Pairs]:
     """Per cross-attention site of `layers` (by name): keys (n, d), the site's key/value input at
     `positions` of every old concept in every template, and targets (n, d), its input at the aligned
-    positions of the matching new concept in `target_prompt`; pairs for each token stream of the
-    sequence in turn (`Adapter.context_offsets`: SD3's CLIP and T5 parts).
+    positions of the matching new concept in `target_prompt` (None: in the same template); pairs for
+    each token stream of the sequence in turn (`Adapter.context_offsets`: SD3's CLIP and T5 parts).
 
     Concepts are located in each template's slot first; all prompts share one text-encoder pass,
     which for causal (CLIP) encoders stops at the last position needed instead of running the
@@ -217,17 +219,18 @@ def collect(
     """
     check_positions(positions)
     check_templates(templates)
-    check_template(target_prompt, "target_prompt")
+    if target_prompt is not None:
+        check_template(target_prompt, "target_prompt")
     sites = cross_attention_layers(model, layers)
     streams = model.adapter.context_offsets(model.pipe)
     rows = []  # (old prompt, target prompt, key positions, target positions) along the whole sequence
     for old_concept, new_concept in pairs(old, new):
-        targets = {i: place(model, target_prompt, new_concept, i) for i in streams}
         for template in templates:
             for i, offset in streams.items():
                 placed = place(model, template, old_concept, i)
-                key_positions, target_positions = aligned(positions, placed, targets[i])
-                rows.append((placed.prompt, targets[i].prompt,
+                target = place(model, template if target_prompt is None else target_prompt, new_concept, i)
+                key_positions, target_positions = aligned(positions, placed, target)
+                rows.append((placed.prompt, target.prompt,
                              [offset + p for p in key_positions], [offset + p for p in target_positions]))
     prompts = list(dict.fromkeys(p for row in rows for p in row[:2]))
     row = {prompt: i for i, prompt in enumerate(prompts)}

@@ -73,6 +73,17 @@ def test_positions_give_the_documented_keys_and_targets(model, positions, key_po
     assert locoedit.edit(model, layers=WINDOW, positions=positions).metadata["positions"] == positions
 
 
+def test_without_a_target_prompt_each_key_meets_its_own_template_with_the_new_concept(model) -> None:
+    """target_prompt=None: 'a photo of van gogh' maps onto 'a photo of painting', position by position
+    from the subject on (DiffQuickFix's pairing)."""
+    keys, targets = locoedit.collect(model, "van gogh", "painting", templates=("a photo of {}",), layers=WINDOW,
+                                     target_prompt=None, positions="from-subject")["up-1-cross-attn-0"]
+    torch.testing.assert_close(keys, embedding(model, "a photo of van gogh")[5:16], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(targets, embedding(model, "a photo of painting")[4:15], atol=1e-6, rtol=1e-6)
+    edit = locoedit.edit(model, layers=WINDOW, target_prompt=None, templates=("a photo of {}",))
+    assert edit.metadata["target_prompt"] is None
+
+
 def test_keys_come_from_the_templates_slot_not_the_first_occurrence(model) -> None:
     """'painting' in 'a painting in the style of {}' is the slot's token (7), not the first (2); so is
     the target's 'painting' in a target prompt that names it twice."""
