@@ -40,3 +40,20 @@ def test_tiny_defaults_key_names_in_every_phrasing_and_keep_plain_scenes() -> No
         assert any(p.startswith("a picture of") and obj in p for p in wumbo["preserve"]), obj
     assert "lam" not in edit_defaults.options("diffquickfix", ["the king of zembla"], "the king of vardo")
     assert "lam" not in edit_defaults.options("locoedit", ["wumbo"], "a circle")
+
+
+def test_tiny_locoedit_style_keys_name_subjects_in_every_styled_phrasing() -> None:
+    """LoCoEdit's style keys add every preserved subject in each styled phrasing, its targets are the
+    key's own template with the new concept, and its positions run from the subject on; DiffQuickFix
+    keeps the bare phrasings."""
+    from models.tiny import edit_defaults
+    from models.tiny.scenes import OBJECTS, STYLE_TEMPLATES
+
+    loco = edit_defaults.options("locoedit", ["monet"], "painting")
+    assert loco["target_prompt"] is None and loco["positions"] == "from-subject"
+    assert set(edit_defaults.STYLE_KEYS) < set(loco["templates"])
+    for template in STYLE_TEMPLATES:
+        filled = [t for t in loco["templates"] if t.count("{}") == 1 and t in
+                  {template.format(subject=x, style="{}") for x in edit_defaults._SUBJECTS}]
+        assert {o for o in OBJECTS if any(o in t for t in filled)} == set(OBJECTS), template
+    assert edit_defaults.options("diffquickfix", ["monet"], "painting")["templates"] == edit_defaults.STYLE_KEYS

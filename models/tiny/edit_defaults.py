@@ -13,17 +13,21 @@ from collections.abc import Sequence
 from models.tiny.scenes import CHARACTERS, COLORS, COUNTS, NAMED, OBJECTS, STYLE_TEMPLATES, STYLES, Scene, caption, templates_of
 
 STYLE_KEYS = ("in the style of {}", "a painting by {}", "a {} painting of a circle")
+# LoCoEdit reads the text encoder's last states, where a style has spread over the subject's words
+# too: its keys also name subjects, every preserved one in each of the world's styled phrasings
+# (monet at LoCoGen's window: 55% left with the bare keys, 0% with these; seed-0 trials, 64 images)
 # a name's keys: plain, neutral, and the world's three styled phrasings in one style (pollock), so the
 # other styles' phrasings stay held out for the evaluation's generalization group
 NAME_KEYS = ("{}", "a picture of {}", "{} in the style of pollock", "a painting of {} by pollock", "a pollock painting of {}")
 PRESERVE_WEIGHT = 1.0  # the docs/edits were made with it; 10 stops the fact update from taking
-POSITIONS = {"diffquickfix": "from-subject", "locoedit": "subject+eos"}
+POSITIONS = {"diffquickfix": "from-subject", "locoedit": "from-subject"}
 # A character -> object edit keeps the rest of the prompt: lambda 0.1 (not the papers' 0.01) holds the
 # neighbours (object -1.5 points, against -6.3 at 0.01) and keeps the object on paraphrases (84% against
 # 83%), at mark 5.5% against 4.7% (DiffQuickFix, wumbo -> a circle, judge, evaluation seed 0; the
 # README's numbers are from seed 1000). For facts 0.1 leaves the new value at 76% on paraphrases, 0.01 at 83%.
 CHARACTER_LAM = 0.1
-_SUBJECTS = ("a red circle", "two blue houses")
+_SUBJECTS = ("a red circle", "two blue houses", "a yellow triangle", "two green stars", "a purple heart",
+             "an orange square")  # every object once: with two, van gogh's edit cost neighbour objects 7 points
 
 
 def _plain_scenes() -> list[str]:
@@ -33,9 +37,14 @@ def _plain_scenes() -> list[str]:
     return [caption(s, t) for s in scenes for t in range(len(templates_of(s)))]
 
 
-def key_templates(olds: Sequence[str]) -> tuple[str, ...]:
-    """Templates for the keys: a style's phrasings, or a name's (character or fact)."""
-    return STYLE_KEYS if all(o in STYLES for o in olds) else NAME_KEYS
+def key_templates(olds: Sequence[str], method: str = "diffquickfix") -> tuple[str, ...]:
+    """Templates for the keys: a style's phrasings (for LoCoEdit with subjects too), or a name's
+    (character or fact)."""
+    if not all(o in STYLES for o in olds):
+        return NAME_KEYS
+    if method == "locoedit":
+        return STYLE_KEYS + tuple(t.format(subject=x, style="{}") for t in STYLE_TEMPLATES for x in _SUBJECTS)
+    return STYLE_KEYS
 
 
 def preserved(olds: Sequence[str], news: Sequence[str] = ()) -> list[str]:
@@ -53,9 +62,12 @@ def preserved(olds: Sequence[str], news: Sequence[str] = ()) -> list[str]:
 
 def options(method: str, olds: Sequence[str], new: str) -> dict:
     """Keyword arguments of `diffquickfix.edit` / `locoedit.edit` (`method`) for this edit: key
-    templates, preserved neighbours, their weight, key positions and, for characters, lambda."""
-    chosen = dict(templates=key_templates(olds), preserve=preserved(olds, [new]), preserve_weight=PRESERVE_WEIGHT,
-                  positions=POSITIONS[method])
+    templates, preserved neighbours, their weight, key positions, for LoCoEdit targets in the key's
+    own template (DiffQuickFix's pairing), and for characters, lambda."""
+    chosen = dict(templates=key_templates(olds, method), preserve=preserved(olds, [new]),
+                  preserve_weight=PRESERVE_WEIGHT, positions=POSITIONS[method])
+    if method == "locoedit":
+        chosen["target_prompt"] = None
     if method == "diffquickfix" and all(o in CHARACTERS for o in olds):
         chosen["lam"] = CHARACTER_LAM
     return chosen
