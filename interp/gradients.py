@@ -6,7 +6,10 @@ images (same prompts, seeds, corruption noise, classifier-free-guidance layout
 [uncond rows..., cond rows...]) through plain torch hooks, with autograd on. Each denoiser call is
 wrapped in `torch.utils.checkpoint` (non-reentrant): the backward pass recomputes one step at a
 time, so memory holds one step's activations plus each step's inputs, not the whole loop's; the
-VAE's decode is checkpointed the same way.
+VAE's decode is checkpointed the same way. With `checkpoint="blocks"` each of the denoiser's
+blocks (the UNet's down, mid and up blocks; a DiT's transformer blocks) is checkpointed inside the
+step as well: the recomputed step then holds its block boundaries and one block's activations, at
+the price of a third forward pass per step.
 
 `edit(site, call, activation)` sees every listed site's output (`call` is the index of the
 denoiser call, `interp.runner.call_steps` maps it to its denoising step; None for text-encoder
@@ -18,7 +21,7 @@ the wrapped forward and decode are removed when `generate` returns or fails.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -108,7 +111,37 @@ def _patched(module: torch.nn.Module, name: str, replacement: Callable[..., Any]
             delattr(module, name)
 
 
-def _stepped(denoiser: torch.nn.Module, steps: list[int], checkpoint: bool, state: dict) -> AbstractContextManager[None]:
+Checkpoint = bool | str  # True / "steps": each denoiser call; "blocks": each call and each block in it; False: none
+CHECKPOINTS = (True, False, "steps", "blocks")
+
+
+def _blocks(denoiser: torch.nn.Module) -> list[torch.nn.Module]:
+    """The denoiser's top-level blocks: the members of its module lists and its mid block."""
+    blocks = []
+    for name, child in denoiser.named_children():
+        if isinstance(child, torch.nn.ModuleList):
+            blocks += list(child)
+        elif name == "mid_block" and child is not None:
+            blocks.append(child)
+    return blocks
+
+
+@contextmanager
+def _checkpointed_blocks(denoiser: torch.nn.Module, on: bool) -> Iterator[None]:
+    """With `on` and gradients on, every block's forward under a (nested, non-reentrant) checkpoint."""
+    with ExitStack() as stack:
+        for block in _blocks(denoiser) if on else ():
+            def forward(*args: Any, original=block.forward, **kwargs: Any) -> Any:
+                if torch.is_grad_enabled():
+                    return checkpointed(original, *args, use_reentrant=False, **kwargs)
+                return original(*args, **kwargs)
+
+            stack.enter_context(_patched(block, "forward", forward))
+        yield
+
+
+def _stepped(denoiser: torch.nn.Module, steps: list[int], checkpoint: Checkpoint, state: dict
+             ) -> AbstractContextManager[None]:
     """Wrap the denoiser's forward: set `state["call"]` (also when a checkpoint recomputes the call)
     and, with gradients on and `checkpoint`, checkpoint the call."""
     original = denoiser.forward
@@ -154,7 +187,7 @@ def generate(
     sites: Sequence[Site] = (),
     edit: SiteEdit | None = None,
     grad: bool = False,
-    checkpoint: bool = True,
+    checkpoint: Checkpoint = True,
     height: int | None = None,
     width: int | None = None,
     within: Callable[[torch.Tensor], Any] | None = None,
@@ -163,10 +196,13 @@ def generate(
 
     `noises[i]`: run i's corruption (`Noise` on text-encoder embedding sites). `edit` is called on
     every site of `sites` (see the module docstring). With `grad`, autograd records the whole
-    generation (denoiser calls checkpointed if `checkpoint`) so the images can be differentiated.
+    generation (denoiser calls checkpointed if `checkpoint`, and their blocks too with "blocks") so
+    the images can be differentiated.
     `within(images)`, if given, runs while the hooks are in place and its result is returned instead
     of the images: a backward pass must run there, since checkpointed steps recompute through them.
     """
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
     pipe, adapter = model.pipe, model.adapter
     call = getattr(type(pipe).__call__, "__wrapped__", None)
     if call is None:
@@ -185,7 +221,8 @@ def generate(
             ):
                 cond = adapter.encode(pipe, [model.token_ids(list(prompts), i) for i in range(len(model.tokenizers))])
             denoiser_sites = [s for s in sites if not s.is_text]
-            with _stepped(model.denoiser, call_steps(pipe.scheduler, steps), checkpoint, state), (
+            with _stepped(model.denoiser, call_steps(pipe.scheduler, steps), checkpoint, state), \
+                    _checkpointed_blocks(model.denoiser, checkpoint == "blocks"), (
                 _checkpointed_decode(pipe.vae, checkpoint) if hasattr(pipe, "vae") else nullcontext()
             ), _site_hooks(model, denoiser_sites, edit, lambda: state["call"]) if edit else nullcontext():
                 images = call(pipe, **cond, **uncond, generator=model.generators(list(seeds)),

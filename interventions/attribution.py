@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from interp.errors import ScoringInputError
-from interp.gradients import generate
+from interp.gradients import CHECKPOINTS, Checkpoint, generate
 from interp.model import Model
 from interp.results import unit_mean
 from interp.runner import call_steps
@@ -141,7 +141,7 @@ def _cfg_rows(value: torch.Tensor, cfg: bool) -> torch.Tensor:
 
 def _unit_estimates(
     model: Model, unit: Unit, members: list[Site], stds: dict[str, float], samples: int, steps: int,
-    guidance_scale: float, metric: Differentiable, points: int, checkpoint: bool,
+    guidance_scale: float, metric: Differentiable, points: int, checkpoint: Checkpoint,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One (prompt, seed): (clean image (3, H, W), corrupted images (samples, 3, H, W), estimates
     (samples, sites, calls)) from a clean pass and `points` gradient passes of `samples` rows."""
@@ -213,7 +213,7 @@ def attribute(
     metric: Metric = "auto",
     per_step: bool = False,
     points: int = 1,
-    checkpoint: bool = True,
+    checkpoint: Checkpoint = True,
     min_effect: float | None = None,
     progress: bool = True,
 ) -> TraceResult:
@@ -226,7 +226,11 @@ def attribute(
     (see the module docstring) and whose "estimate" holds the raw first-order IE in metric units.
     A group of sites is estimated as the sum of its members (the linearisation is additive).
     `points`: gradient evaluation points along the corruption (1: plain AtP; K: integrated gradients).
+    `checkpoint`: True checkpoints each denoiser call, "blocks" each call and each of its blocks
+    (less memory, one more forward per step), False nothing (`interp.gradients.generate`).
     """
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
     if points < 1:
         raise ValueError(f"points must be >= 1, got {points}")
     if samples < 1:

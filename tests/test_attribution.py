@@ -97,6 +97,9 @@ def test_a_failed_gradient_generation_leaves_nothing_behind(model):
     with pytest.raises(RuntimeError, match="boom"):
         generate(model, [PROMPT], [0], 2, 7.5, sites=[site], edit=broken, grad=True)
     assert "forward" not in unet.__dict__ and not module._forward_hooks
+    with pytest.raises(RuntimeError, match="boom"):
+        generate(model, [PROMPT], [0], 2, 7.5, sites=[site], edit=broken, grad=True, checkpoint="blocks")
+    assert not any("forward" in m.__dict__ for m in unet.modules()) and not module._forward_hooks
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.text_encoders[0].modules())
 
 
@@ -110,9 +113,11 @@ def test_checkpointing_and_per_step_estimates_agree(model, scorer):
     common = dict(FAST, scorer=scorer, sites=sites)
     whole = attribute(model, PROMPT, "van gogh", **common)
     unchecked = attribute(model, PROMPT, "van gogh", checkpoint=False, **common)
+    blocks = attribute(model, PROMPT, "van gogh", checkpoint="blocks", **common)
     steps = attribute(model, PROMPT, "van gogh", per_step=True, **common)
     estimate = whole.scores["estimate"]
     np.testing.assert_allclose(unchecked.scores["estimate"], estimate, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(blocks.scores["estimate"], estimate, rtol=1e-4, atol=1e-7)
     assert steps.axes == ("site", "step") and steps.shape == (4, 2)
     np.testing.assert_allclose(steps.scores["estimate"].sum(-1), estimate, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(estimate[:, 2], estimate[:, 0] + estimate[:, 1], rtol=1e-5)  # groups add up
