@@ -56,4 +56,6 @@ def test_tiny_locoedit_style_keys_name_subjects_in_every_styled_phrasing() -> No
         filled = [t for t in loco["templates"] if t.count("{}") == 1 and t in
                   {template.format(subject=x, style="{}") for x in edit_defaults._SUBJECTS}]
         assert {o for o in OBJECTS if any(o in t for t in filled)} == set(OBJECTS), template
-    assert edit_defaults.options("diffquickfix", ["monet"], "painting")["templates"] == edit_defaults.STYLE_KEYS
+    dqf = edit_defaults.options("diffquickfix", ["monet"], "painting")
+    assert dqf["templates"] == edit_defaults.STYLE_KEYS and dqf["preserve_weight"] == edit_defaults.STYLE_PRESERVE_WEIGHT
+    assert loco["preserve_weight"] == edit_defaults.PRESERVE_WEIGHT
