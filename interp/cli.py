@@ -6,7 +6,7 @@ import enum
 import functools
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
@@ -375,7 +375,9 @@ def edit(
     save: Path = typer.Option(..., help="where to write the edit (safetensors delta of the changed weights)"),
     model: str = typer.Option("tiny", help=MODEL_HELP),
     layer: List[str] = typer.Option([], help="locoedit: a cross-attention layer (name or index; repeat); "
-                                             "'all' for every one; default SD1.x's style window"),
+                                             "'all' for every one; CONCEPT=LAYER for one concept's own window "
+                                             "(e.g. --layer 'van gogh=4' --layer monet=0); default SD1.x's style "
+                                             "window"),
     lam: Optional[float] = typer.Option(None, help="closeness to the current weights (lambda; locoedit: for W_K and "
                                                    "W_V); default the papers' 0.01, or the tiny world's for its kind"),
     encoder: Optional[str] = typer.Option(None, help="diffquickfix: the CLIP text encoder component to edit "
@@ -420,8 +422,7 @@ def edit(
         if not layer and not all(name in loaded.site_map for name in locoedit.STYLE_WINDOW):
             raise ValueError(f"this model has no {', '.join(locoedit.STYLE_WINDOW)} (the default, SD1.x's style window); "
                              f"pass --layer (repeat it for the window `interp locogen` finds) or --layer all")
-        layers = [int(x) if x.isdigit() else x for x in layer] or None
-        layers = "all" if layers == ["all"] else layers
+        layers = _layers(layer, old)
         lams = {"lam_k": options["lam"], "lam_v": options.pop("lam")} if "lam" in options else {}
         result = locoedit.edit(loaded, old, new, layers, **lams, **options)
     save.parent.mkdir(parents=True, exist_ok=True)
@@ -435,6 +436,29 @@ def edit(
         ranks = export_lora(result, lora)
         typer.echo(f"wrote the LoRA adapter {lora}/ (rank {max(ranks.values())}; load it with "
                    f"pipe.load_lora_weights({str(lora)!r}))")
+
+
+def _layers(given: list[str], olds: list[str]) -> Any:
+    """`--layer` values as `locoedit.edit` takes them: None, "all", a list of names or indices, or
+    with CONCEPT=LAYER entries a window per old concept (every one of them must get one)."""
+    def one(x: str) -> str | int:
+        return int(x) if x.strip().isdigit() else x.strip()
+
+    if not any("=" in x for x in given):
+        layers = [one(x) for x in given] or None
+        return "all" if layers == ["all"] else layers
+    if not all("=" in x for x in given):
+        raise ValueError("--layer: give every layer as CONCEPT=LAYER or none of them")
+    windows: dict[str, list] = {}
+    for entry in given:
+        concept, value = entry.rsplit("=", 1)
+        if concept.strip() not in olds:
+            raise ValueError(f"--layer {entry!r}: {concept.strip()!r} is not an --old concept ({olds})")
+        windows.setdefault(concept.strip(), []).append(one(value))
+    missing = [o for o in olds if o not in windows]
+    if missing:
+        raise ValueError(f"--layer: no window for {missing}; give each --old concept CONCEPT=LAYER entries")
+    return windows
 
 
 def _lines(path: Optional[Path]) -> list[str]:

@@ -372,7 +372,7 @@ def recipe_notes(model: Model, edit: Edit) -> list[str]:
     notes = [f"the controls were rebuilt without metadata {unused}, which names no argument of "
              f"{metadata['method']}.edit"] if unused else []
     module = edits.component(model, edit)
-    rebuilt = edit_at(model, metadata, layer_choices(model, metadata)[1]).weights
+    rebuilt = rebuild(model, metadata).weights  # at its own layers, as recorded
     weights = edit.weights_on(module)
     if rebuilt.keys() != weights.keys():
         return [*notes, f"the recipe rebuilt at the edit's own layers changes {sorted(rebuilt)}, not the edit's "
@@ -389,8 +389,11 @@ def layer_choices(model: Model, metadata: Mapping[str, Any]) -> tuple[list, list
     """(every layer the edit's method can edit, the edit's own), as its editor names them:
     cross-attention site names for LoCoEdit, text self-attention layer numbers for DiffQuickFix."""
     method = _method(metadata)
-    if method == "locoedit":
-        return [s.name for s in model.sites("cross-attn")], list(metadata["layers"])
+    if method == "locoedit":  # layers: one window, or one per concept (their union is the edit's)
+        layers = metadata["layers"]
+        own = {n for w in layers.values() for n in w} if isinstance(layers, Mapping) else set(layers)
+        every = [s.name for s in model.sites("cross-attn")]
+        return every, [n for n in every if n in own]
     n = len(model.sites("text-self-attn", component=metadata["component"]))
     return list(range(n)), [metadata["layer"]]
 

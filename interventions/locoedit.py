@@ -52,6 +52,7 @@ LAM = 0.01
 POSITIONS = "subject"  # the paper's keys: the last subject token only
 
 Layers = str | int | Sequence[str | int] | None
+Windows = Layers | Mapping[str, Layers]  # one window for every concept, or one per old concept
 Pairs = tuple[Tensor, Tensor]  # keys (n, d), targets (n, d)
 Problem = tuple[Tensor, Tensor, Tensor | None]  # keys, targets, preservation keys (m, d)
 
@@ -60,7 +61,7 @@ def edit(
     model: Model,
     old: str | Sequence[str] = ("van gogh",),
     new: str | Sequence[str] = "painting",
-    layers: Layers = None,
+    layers: Windows = None,
     lam_k: float = LAM,
     lam_v: float = LAM,
     templates: Sequence[str] = TEMPLATES,
@@ -72,7 +73,9 @@ def edit(
     """The LoCoEdit edit of W_K and W_V of `layers` mapping each `old` concept onto its `new` one.
 
     `layers`: cross-attention site names or LoCoGen indices (`cross-attn-8` or 8), "all" for every
-    cross-attention layer, or None for LoCoGen's SD1.x style window `STYLE_WINDOW`. `new` is one
+    cross-attention layer, or None for LoCoGen's SD1.x style window `STYLE_WINDOW`; or a mapping from
+    each old concept to its own window ({"van gogh": [4], "monet": [0, 1, 2, 3, 4]}): a layer then
+    takes the keys of the concepts whose window holds it, one solve for them together. `new` is one
     concept for all, or one per old concept; `target_prompt` holds it ("a {}" -> "a painting"), or
     None: each template holds it, so the keys' template words meet their own states (DiffQuickFix's
     pairing).
@@ -87,9 +90,10 @@ def edit(
     _check_positive("lam_k", lam_k)
     _check_positive("lam_v", lam_v)
     preserved = preserve_prompts(preserve, preserve_weight)
-    names = [s.name for s in cross_attention_layers(model, layers)]
+    windows = _windows(model, pairs(old, new), layers)
+    names = [s.name for s in model.sites("cross-attn") if any(s.name in w for w in windows.values())]
     sites = [model.site(name) for name in names]
-    collected = collect(model, old, new, templates, target_prompt, names, positions)
+    collected = _collect_windows(model, pairs(old, new), windows, templates, target_prompt, positions)
     kept = collect_preserved(model, preserved, names) if preserved else {}
     weights: dict[str, Tensor] = {}
     base: dict[str, Tensor] = {}
@@ -99,13 +103,41 @@ def edit(
                                 for i in (0, 1))  # to_k, to_v
         weights.update(solve(k_weights, v_weights, keys, targets, lam_k, lam_v, preserve_keys, preserve_weight))
         base.update({**k_weights, **v_weights})
+    recorded = names if not isinstance(layers, Mapping) else {c: w for c, w in windows.items()}
     metadata = {
-        "method": "locoedit", "component": model.adapter.denoiser, "layers": names,
+        "method": "locoedit", "component": model.adapter.denoiser, "layers": recorded,
         "lam_k": lam_k, "lam_v": lam_v, "concepts": [list(p) for p in pairs(old, new)],
         "templates": list(templates), "target_prompt": target_prompt, "positions": positions,
         "preserve": preserved, "preserve_weight": preserve_weight,
     }
     return Edit(weights, metadata, base=base)
+
+
+def _windows(model: Model, concepts: list[tuple[str, str]], layers: Windows) -> dict[str, list[str]]:
+    """Each old concept's cross-attention site names: the one window `layers`, or its own."""
+    if not isinstance(layers, Mapping):
+        names = [s.name for s in cross_attention_layers(model, layers)]
+        return {old: names for old, _ in concepts}
+    olds = [old for old, _ in concepts]
+    if set(layers) != set(olds):
+        raise EditInputError(f"per-concept layers must name every old concept once: got {sorted(layers)}, the "
+                             f"concepts are {olds}")
+    return {old: [s.name for s in cross_attention_layers(model, layers[old])] for old in olds}
+
+
+def _collect_windows(
+    model: Model, concepts: list[tuple[str, str]], windows: Mapping[str, list[str]], templates: Sequence[str],
+    target_prompt: str | None, positions: str,
+) -> dict[str, Pairs]:
+    """`collect` for each concept at its own window, the keys and targets of a layer stacked over
+    the concepts whose window holds it (in concept order)."""
+    if len({tuple(w) for w in windows.values()}) == 1:  # one window: one collection for all
+        olds, news = zip(*concepts)
+        return collect(model, list(olds), list(news), templates, target_prompt, next(iter(windows.values())),
+                       positions)
+    parts = [collect(model, old, new, templates, target_prompt, windows[old], positions) for old, new in concepts]
+    return {name: tuple(torch.cat([p[name][i] for p in parts if name in p]) for i in (0, 1))  # type: ignore[misc]
+            for name in dict.fromkeys(n for p in parts for n in p)}
 
 
 def _weight_names(sites: list[Site], which: int) -> list[str]:
@@ -319,9 +351,11 @@ def neuron_edit(
         raise EditInputError(f"by must be one of {ROW_GROUPS}, got {by!r}")
     full = edit(model, old, new, layers, **options)
     meta = full.metadata
-    keys = collect(model, old, new, meta["templates"], meta["target_prompt"], meta["layers"], meta["positions"])
+    concepts = pairs(old, new)
+    windows = _windows(model, concepts, layers)
+    keys = _collect_windows(model, concepts, windows, meta["templates"], meta["target_prompt"], meta["positions"])
     weights, base, selected = {}, {}, {}
-    for name in meta["layers"]:
+    for name in keys:
         site = model.site(name)
         for which in (0, 1):
             parameter = _weight_names([site], which)[0]

@@ -248,6 +248,23 @@ def test_edit_unknown_layer_exit_2(tmp_path):
     assert not (tmp_path / "x.safetensors").exists()
 
 
+def test_edit_locoedit_takes_a_window_per_concept(tmp_path):
+    from interp.editing import Edit
+
+    path = tmp_path / "both.safetensors"
+    result = invoke("edit", "locoedit", "--model", "dummy", "--old", "van gogh", "--old", "monet", "--new", "painting",
+                    "--layer", "van gogh=3", "--layer", "monet=2", "--layer", "monet=3", "--save", path)
+    assert result.exit_code == 0, result.output
+    windows = Edit.load(path).metadata["layers"]
+    assert list(windows) == ["van gogh", "monet"] and [len(w) for w in windows.values()] == [1, 2]
+    half = invoke("edit", "locoedit", "--model", "dummy", "--old", "van gogh", "--old", "monet", "--new", "painting",
+                  "--layer", "van gogh=3", "--save", tmp_path / "x.safetensors")
+    assert_user_error(half, "no window for ['monet']")
+    mixed = invoke("edit", "locoedit", "--model", "dummy", "--old", "monet", "--new", "painting",
+                   "--layer", "monet=3", "--layer", "2", "--save", tmp_path / "x.safetensors")
+    assert_user_error(mixed, "CONCEPT=LAYER")
+
+
 def test_edit_unknown_method_exit_2(tmp_path):
     result = invoke("edit", "rome", "--old", "van gogh", "--new", "painting", "--save", tmp_path / "x.safetensors")
     assert result.exit_code == 2 and "Traceback" not in result.output

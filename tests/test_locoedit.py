@@ -179,3 +179,21 @@ def test_edit_for_another_architecture_is_refused_untouched(model) -> None:
     with pytest.raises(EditMismatchError, match="another size"):
         edits.apply(wider, locoedit.edit(model, layers="all"))
     assert changed(wider, before) == set()
+
+
+def test_each_concept_at_its_own_window(model) -> None:
+    """layers={concept: window}: a layer takes the keys of the concepts whose window holds it, in one
+    solve; a layer outside every window keeps its weights; a concept without a window is refused."""
+    windows = {"van gogh": ["cross-attn-3"], "monet": ["cross-attn-2", "cross-attn-3"]}
+    joint = locoedit.edit(model, ["van gogh", "monet"], "painting", layers=windows)
+    only_monet = locoedit.edit(model, "monet", "painting", layers=["cross-attn-2"])
+    both = locoedit.edit(model, ["van gogh", "monet"], "painting", layers=["cross-attn-3"])
+    assert joint.metadata["layers"] == {c: [model.site(n).name for n in w] for c, w in windows.items()}
+    at = {name: model.site(name).kv_paths for name in ("cross-attn-2", "cross-attn-3")}
+    for path in at["cross-attn-2"]:  # monet's window alone: monet's edit
+        torch.testing.assert_close(joint.weights[f"{path}.weight"], only_monet.weights[f"{path}.weight"])
+    for path in at["cross-attn-3"]:  # both windows: both concepts' keys together
+        torch.testing.assert_close(joint.weights[f"{path}.weight"], both.weights[f"{path}.weight"])
+    assert len(joint.weights) == 4
+    with pytest.raises(EditInputError, match="every old concept"):
+        locoedit.edit(model, ["van gogh", "monet"], "painting", layers={"van gogh": ["cross-attn-3"]})
