@@ -36,6 +36,7 @@ def test_tiny_defaults_key_names_in_every_phrasing_and_keep_plain_scenes() -> No
         "{} in the style of pollock", "a painting of {} by pollock", "a pollock painting of {}"}
     assert not any(s in t for t in wumbo["templates"] for s in ("monet", "van gogh", "mondrian"))
     assert wumbo["lam"] == edit_defaults.CHARACTER_LAM
+    assert wumbo["preserve_weight"] == edit_defaults.CHARACTER_PRESERVE_WEIGHT
     for obj in OBJECTS:
         assert any(p.startswith("a picture of") and obj in p for p in wumbo["preserve"]), obj
     assert "lam" not in edit_defaults.options("diffquickfix", ["the king of zembla"], "the king of vardo")

@@ -20,9 +20,12 @@ STYLE_KEYS = ("in the style of {}", "a painting by {}", "a {} painting of a circ
 # other styles' phrasings stay held out for the evaluation's generalization group
 NAME_KEYS = ("{}", "a picture of {}", "{} in the style of pollock", "a painting of {} by pollock", "a pollock painting of {}")
 PRESERVE_WEIGHT = 1.0  # the docs/edits were made with it; 10 stops the fact update from taking
-# DiffQuickFix removing a style: 0.5 (monet 10.2% -> 5.5% left, neighbours unchanged; both styles in one
-# edit: monet 14.8% -> 10.9%, neighbour objects -3.9 points; seed-0 trials, 128 images)
-STYLE_PRESERVE_WEIGHT = 0.5
+# DiffQuickFix removing a style: 0.25 (seed-0 trials, 128 images: monet left on 10.2% at weight 1, 5.5% at 0.5,
+# 3.9% at 0.25, neighbours within 1 point; van gogh 0%, neighbours -2.3; both styles in one edit: monet 14.8%,
+# 10.9%, 8.6%, neighbour objects -3.1, -3.9, -4.7)
+STYLE_PRESERVE_WEIGHT = 0.25
+# DiffQuickFix replacing a character: 0.5 (wumbo's mark 7.0% -> 5.5%, neighbour objects -4.0 -> -2.4)
+CHARACTER_PRESERVE_WEIGHT = 0.5
 POSITIONS = {"diffquickfix": "from-subject", "locoedit": "from-subject"}
 # A character -> object edit keeps the rest of the prompt: lambda 0.1 (not the papers' 0.01) holds the
 # neighbours (object -1.5 points, against -6.3 at 0.01) and keeps the object on paraphrases (84% against
@@ -67,8 +70,11 @@ def options(method: str, olds: Sequence[str], new: str) -> dict:
     """Keyword arguments of `diffquickfix.edit` / `locoedit.edit` (`method`) for this edit: key
     templates, preserved neighbours, their weight, key positions, for LoCoEdit targets in the key's
     own template (DiffQuickFix's pairing), and for characters, lambda."""
-    styles = all(o in STYLES for o in olds)
-    weight = STYLE_PRESERVE_WEIGHT if method == "diffquickfix" and styles else PRESERVE_WEIGHT
+    weight = PRESERVE_WEIGHT
+    if method == "diffquickfix" and all(o in STYLES for o in olds):
+        weight = STYLE_PRESERVE_WEIGHT
+    elif method == "diffquickfix" and all(o in CHARACTERS for o in olds):
+        weight = CHARACTER_PRESERVE_WEIGHT
     chosen = dict(templates=key_templates(olds, method), preserve=preserved(olds, [new]),
                   preserve_weight=weight, positions=POSITIONS[method])
     if method == "locoedit":
