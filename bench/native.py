@@ -56,7 +56,8 @@ def main() -> None:
 
     model = interp.load(sd15_width_pipeline())
     size, steps = args.size, args.steps
-    sites = spread([s.name for s in model.sites() if not s.is_text and s.kind != "latent"], args.sites)
+    every = [s.name for s in model.sites() if not s.is_text and s.kind != "latent"]
+    sites = spread(every, args.sites)
     noise = Noise("text-embed", tokens=model.locate(PROMPT, SUBJECT).positions, std=3.0)
     clean = Run("clean", PROMPT, steps=steps, height=size, width=size)
 
@@ -80,7 +81,7 @@ def main() -> None:
           f"({sum(map(len, chunks))} runs computed for {len(graph.runs)}; cache {default_cache_gb():.1f} GB, "
           f"{recomputed(chunks)} source runs recomputed)")
     for n in sorted({16, 70} - {len(sites)}):
-        other = planned(Graph([clean, *map(traced, [f"s{i}" for i in range(n)])]))
+        other = planned(Graph([clean, *map(traced, spread(every, n))]))
         print(f"  (at {n} sites it would be {len(other)} chunk(s), {sum(map(len, other))} runs for {n + 1})")
 
     def batched() -> dict[str, torch.Tensor]:
