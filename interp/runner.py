@@ -126,10 +126,11 @@ def run(
     """
     if chunk_size is not None and chunk_size < 1:
         raise GraphValidationError(f"chunk_size must be >= 1, got {chunk_size}")
-    for name, value in (("memory_budget_gb", memory_budget_gb), ("cache_budget_gb", cache_budget_gb)):
-        if value is not None and not value >= (0 if name == "cache_budget_gb" else 1e-30):  # also NaN
-            raise GraphValidationError(f"{name} must be {'>= 0' if name == 'cache_budget_gb' else '> 0'}, got "
-                                       f"{value}; it sizes the batches")
+    if not memory_budget_gb > 0:  # also NaN
+        raise GraphValidationError(f"memory_budget_gb must be > 0, got {memory_budget_gb}; it sizes the batches")
+    if cache_budget_gb is not None and not cache_budget_gb >= 0:  # also NaN
+        raise GraphValidationError(f"cache_budget_gb must be >= 0, got {cache_budget_gb}; it bounds the host memory "
+                                   f"kept for restore sources (0: recompute them in every chunk)")
     graph.validate(model)
 
     def limit(first: Run) -> int:

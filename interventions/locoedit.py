@@ -129,13 +129,13 @@ def _collect_windows(
     model: Model, concepts: list[tuple[str, str]], windows: Mapping[str, list[str]], templates: Sequence[str],
     target_prompt: str | None, positions: str,
 ) -> dict[str, Pairs]:
-    """`collect` for each concept at its own window, the keys and targets of a layer stacked over
-    the concepts whose window holds it (in concept order)."""
-    if len({tuple(w) for w in windows.values()}) == 1:  # one window: one collection for all
-        olds, news = zip(*concepts)
-        return collect(model, list(olds), list(news), templates, target_prompt, next(iter(windows.values())),
-                       positions)
-    parts = [collect(model, old, new, templates, target_prompt, windows[old], positions) for old, new in concepts]
+    """`collect` once per distinct window, for the concepts that share it; the keys and targets of a
+    layer stacked over the windows that hold it (one window: one collection for every concept)."""
+    sharing: dict[tuple[str, ...], list[tuple[str, str]]] = {}
+    for old, new in concepts:
+        sharing.setdefault(tuple(windows[old]), []).append((old, new))
+    parts = [collect(model, [o for o, _ in group], [n for _, n in group], templates, target_prompt, list(window),
+                     positions) for window, group in sharing.items()]
     return {name: tuple(torch.cat([p[name][i] for p in parts if name in p]) for i in (0, 1))  # type: ignore[misc]
             for name in dict.fromkeys(n for p in parts for n in p)}
 

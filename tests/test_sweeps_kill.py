@@ -33,11 +33,8 @@ def rows_on_file(folder: Path) -> dict[str, dict]:
 
 
 def unit_results(folder: Path) -> dict[str, tuple]:
-    """Per-unit results on file: key -> (index, clean, corrupted, restored); asserts none is twice."""
-    rows = SweepStore(folder).rows()
-    keys = [r["key"] for r in rows]
-    assert len(keys) == len(set(keys)) and len({r["index"] for r in rows}) == len(rows)
-    return {r["key"]: (r["index"], r["clean"], r["corrupted"], tuple(r["restored"])) for r in rows}
+    """Per-unit trace results on file: key -> (index, clean, corrupted, restored); asserts none is twice."""
+    return {k: (r["index"], r["clean"], r["corrupted"], tuple(r["restored"])) for k, r in rows_on_file(folder).items()}
 
 
 class Driver(Protocol):

@@ -70,15 +70,12 @@ def options(method: str, olds: Sequence[str], new: str) -> dict:
     """Keyword arguments of `diffquickfix.edit` / `locoedit.edit` (`method`) for this edit: key
     templates, preserved neighbours, their weight, key positions, for LoCoEdit targets in the key's
     own template (DiffQuickFix's pairing), and for characters, lambda."""
-    weight = PRESERVE_WEIGHT
-    if method == "diffquickfix" and all(o in STYLES for o in olds):
-        weight = STYLE_PRESERVE_WEIGHT
-    elif method == "diffquickfix" and all(o in CHARACTERS for o in olds):
-        weight = CHARACTER_PRESERVE_WEIGHT
     chosen = dict(templates=key_templates(olds, method), preserve=preserved(olds, [new]),
-                  preserve_weight=weight, positions=POSITIONS[method])
+                  preserve_weight=PRESERVE_WEIGHT, positions=POSITIONS[method])
     if method == "locoedit":
         chosen["target_prompt"] = None
-    if method == "diffquickfix" and all(o in CHARACTERS for o in olds):
-        chosen["lam"] = CHARACTER_LAM
+    elif all(o in STYLES for o in olds):
+        chosen["preserve_weight"] = STYLE_PRESERVE_WEIGHT
+    elif all(o in CHARACTERS for o in olds):
+        chosen.update(preserve_weight=CHARACTER_PRESERVE_WEIGHT, lam=CHARACTER_LAM)
     return chosen
