@@ -322,6 +322,12 @@ def _write(out: torch.Tensor, rows: list[int], tokens: tuple[int, ...] | None, c
     out[index] = selected
 
 
+def _kept(selected: torch.Tensor) -> torch.Tensor:
+    """A read slice as kept on the host: `_read` already copied it out of the activation (advanced
+    indexing), so only a column view is compacted, and nothing is copied twice."""
+    return selected.detach().to("cpu").contiguous()
+
+
 def _apply(action: _Action, out: torch.Tensor, captures: _Captures) -> None:
     """Carry out one row-level operation on a module's input or output, in place."""
     op, rows, columns = action.op, action.rows, action.columns
@@ -336,7 +342,7 @@ def _apply(action: _Action, out: torch.Tensor, captures: _Captures) -> None:
     if action.context is not None:  # Swap: the layer (or head) reads another prompt's text
         _write(out, rows, None, columns, value(action.context))
     elif action.store is not None:  # a source's slice, kept for a later chunk's restores
-        captures.cache.setdefault(action.store, {})[captures.where] = read().detach().to("cpu").clone()
+        captures.cache.setdefault(action.store, {})[captures.where] = _kept(read())
     elif action.cached is not None:  # a restore from a source computed in an earlier chunk
         _write(out, rows, tokens, columns, value(captures.cache[action.cached][captures.where]))
     elif isinstance(op, Restore):
@@ -353,7 +359,7 @@ def _apply(action: _Action, out: torch.Tensor, captures: _Captures) -> None:
     elif isinstance(op, Scale):
         _write(out, rows, tokens, columns, read() * op.factor)
     elif isinstance(op, Capture):
-        captures.keep(action.run, op.key or op.site, read().detach().to("cpu").clone())
+        captures.keep(action.run, op.key or op.site, _kept(read()))
 
 
 def _visit(envoy: Any, hook: _HookPoint, actions: list[_Action], captures: _Captures) -> None:
