@@ -47,10 +47,18 @@ def _running(driver) -> bool:
     return driver.poll() is None if isinstance(driver, subprocess.Popen) else driver.is_alive()
 
 
-def kill_five_times(start: Callable[[], Driver], out: Path, seed: int = 0) -> list[int]:
+def reference_sweep(plan, folder: Path) -> float:
+    """Runs `plan` uninterrupted into `folder`; returns its seconds per unit on this machine."""
+    start = time.perf_counter()
+    sweep_recipes.run_sweep(plan, folder, progress=False)
+    return (time.perf_counter() - start) / len(plan.units)
+
+
+def kill_five_times(start: Callable[[], Driver], out: Path, unit_seconds: float, seed: int = 0) -> list[int]:
     """Start a sweep driver with `start` (a sweep with --resume into `out`) and SIGKILL it 5 times at
-    random moments: after 0 to 2 more units are on file, plus 0 to 0.3 s. Returns the units on file
-    after each kill."""
+    random moments: after 0 to 2 more units are on file, plus up to one unit's time (`unit_seconds`, measured
+    by the reference sweep, so that a kill lands anywhere within a unit on a fast machine as on a slow one).
+    Each kill lets at most 3 more units on file. Returns the units on file after each kill."""
     rng, on_file = random.Random(seed), []
     for _ in range(5):
         before, wanted = len(SweepStore(out).finished_keys()), rng.randint(0, 2)
@@ -58,7 +66,7 @@ def kill_five_times(start: Callable[[], Driver], out: Path, seed: int = 0) -> li
         deadline = time.time() + 300
         while len(SweepStore(out).finished_keys()) < before + wanted and _running(driver) and time.time() < deadline:
             time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.3))
+        time.sleep(rng.uniform(0.0, unit_seconds))
         assert _running(driver), "the sweep finished before it could be killed; give it more units"
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait() if isinstance(driver, subprocess.Popen) else driver.join()
@@ -76,8 +84,8 @@ def _reference(tmp_path: Path):
     torch.set_num_threads(1)
     rows = load_prompt_set("tiny/style")[:4]
     plan = sweep_recipes.plan("trace-unet", "tiny", rows, seeds=[0, 1], samples=4, steps=2, sites=SITES)
-    sweep_recipes.run_sweep(plan, tmp_path / "reference", progress=False)
-    return rows, plan, unit_results(tmp_path / "reference")
+    unit_seconds = reference_sweep(plan, tmp_path / "reference")
+    return rows, plan, unit_results(tmp_path / "reference"), unit_seconds
 
 
 def fork_driver(plan, out: Path) -> Callable[[], multiprocessing.Process]:
@@ -94,9 +102,9 @@ def fork_driver(plan, out: Path) -> Callable[[], multiprocessing.Process]:
 
 def test_driver_process_killed_five_times_then_resumed_equals_an_uninterrupted_sweep(tmp_path):
     """The driver is a forked copy of this process (no start-up cost), SIGKILLed mid-sweep."""
-    _, plan, reference = _reference(tmp_path)
+    _, plan, reference, unit_seconds = _reference(tmp_path)
     out = tmp_path / "killed"
-    on_file = kill_five_times(fork_driver(plan, out), out)
+    on_file = kill_five_times(fork_driver(plan, out), out, unit_seconds)
     stats = sweep_recipes.run_sweep(plan, out, resume=True, progress=False)
     assert on_file == sorted(on_file) and on_file[-1] > 0  # nothing on file is ever lost
     assert (stats.skipped, stats.computed) == (on_file[-1], 32 - on_file[-1])  # no finished unit computed again
@@ -106,13 +114,13 @@ def test_driver_process_killed_five_times_then_resumed_equals_an_uninterrupted_s
 
 @pytest.mark.slow  # six `interp sweep` processes, each importing torch and loading the model
 def test_cli_driver_killed_five_times_then_resumed_equals_an_uninterrupted_sweep(tmp_path):
-    rows, _, reference = _reference(tmp_path)
+    rows, _, reference, unit_seconds = _reference(tmp_path)
     prompts = tmp_path / "set.csv"
     prompts.write_text("prompt,subject,attribute\n" + "".join(f"{r.prompt},{r.subject},{r.attribute}\n" for r in rows))
     out, env = tmp_path / "killed", {**os.environ, "OMP_NUM_THREADS": "1"}
     command = sweep_command(prompts, out, 4)
     on_file = kill_five_times(lambda: subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                                       stderr=subprocess.DEVNULL), out)
+                                                       stderr=subprocess.DEVNULL), out, unit_seconds)
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert on_file == sorted(on_file) and on_file[-1] > 0  # nothing on file is ever lost
@@ -141,9 +149,9 @@ def other_recipe_plans() -> dict[str, Callable[[], object]]:
 def test_locogen_and_edit_eval_drivers_killed_five_times_then_resumed_equal_an_uninterrupted_sweep(recipe, tmp_path):
     torch.set_num_threads(1)
     plan = other_recipe_plans()[recipe]()
-    sweep_recipes.run_sweep(plan, tmp_path / "reference", progress=False)
+    unit_seconds = reference_sweep(plan, tmp_path / "reference")
     out = tmp_path / "killed"
-    on_file = kill_five_times(fork_driver(plan, out), out)
+    on_file = kill_five_times(fork_driver(plan, out), out, unit_seconds)
     stats = sweep_recipes.run_sweep(plan, out, resume=True, progress=False)
     units = len(plan.units)
     assert on_file == sorted(on_file) and on_file[-1] > 0  # nothing on file is ever lost

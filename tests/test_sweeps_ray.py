@@ -24,7 +24,7 @@ from interp.sweeps import SweepStore  # noqa: E402
 from interventions import sweep_recipes  # noqa: E402
 from interventions.prompt_sets import load_prompt_set  # noqa: E402
 from tests.test_sweeps_kill import (  # noqa: E402
-    kill_five_times, other_recipe_plans, rows_on_file, sweep_command, unit_results,
+    kill_five_times, other_recipe_plans, reference_sweep, rows_on_file, sweep_command, unit_results,
 )
 
 STEPS, SITES = 2, ["down-0-cross-attn-0", "mid-cross-attn"]
@@ -140,14 +140,14 @@ def test_two_ray_workers_one_killed_mid_sweep_give_the_local_engines_results(clu
 @pytest.mark.slow  # six driver starts, each starting Ray workers: minutes on a busy 2-core machine
 def test_ray_driver_killed_five_times_then_resumed_equals_an_uninterrupted_sweep(cluster, rows, tmp_path):
     reference = tmp_path / "reference"
-    sweep_recipes.run_sweep(sweep_recipes.plan("trace-unet", "tiny", rows, seeds=[0, 1], samples=4, steps=STEPS,
-                                               sites=SITES), reference, progress=False)
+    unit_seconds = reference_sweep(sweep_recipes.plan("trace-unet", "tiny", rows, seeds=[0, 1], samples=4,
+                                                      steps=STEPS, sites=SITES), reference)
     prompts = tmp_path / "set.csv"
     prompts.write_text("prompt,subject,attribute\n" + "".join(f"{r.prompt},{r.subject},{r.attribute}\n" for r in rows))
     out, env = tmp_path / "killed-driver", {**os.environ, "OMP_NUM_THREADS": "1"}
     command = sweep_command(prompts, out, 4, "--engine", "ray", "--address", cluster, "--workers", "2")
     on_file = kill_five_times(lambda: subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                                       stderr=subprocess.DEVNULL), out)
+                                                       stderr=subprocess.DEVNULL), out, unit_seconds)
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert on_file == sorted(on_file)  # nothing on file is ever lost
