@@ -26,8 +26,8 @@ def test_diffquickfix_lowers_the_van_gogh_hit_rate() -> None:
 
 def test_tiny_defaults_key_names_in_every_phrasing_and_keep_plain_scenes() -> None:
     """A name's keys cover the world's three styled phrasings in one style only (the others stay held
-    out for evaluation); every object is preserved in every unstyled phrasing; characters take lambda
-    0.1, other edits the editor's own."""
+    out for evaluation); every object is preserved in every unstyled phrasing; DiffQuickFix's characters
+    take their own lambda, other edits the editor's; DiffQuickFix preserves at its own weight."""
     from models.tiny import edit_defaults
     from models.tiny.scenes import OBJECTS
 
@@ -36,10 +36,14 @@ def test_tiny_defaults_key_names_in_every_phrasing_and_keep_plain_scenes() -> No
         "{} in the style of pollock", "a painting of {} by pollock", "a pollock painting of {}"}
     assert not any(s in t for t in wumbo["templates"] for s in ("monet", "van gogh", "mondrian"))
     assert wumbo["lam"] == edit_defaults.CHARACTER_LAM
-    assert wumbo["preserve_weight"] == edit_defaults.CHARACTER_PRESERVE_WEIGHT
+    assert wumbo["preserve_weight"] == edit_defaults.DQF_PRESERVE_WEIGHT
     for obj in OBJECTS:
         assert any(p.startswith("a picture of") and obj in p for p in wumbo["preserve"]), obj
-    assert "lam" not in edit_defaults.options("diffquickfix", ["the king of zembla"], "the king of vardo")
+    king = edit_defaults.options("diffquickfix", ["the king of zembla"], "the king of vardo")
+    assert "lam" not in king
+    # other names are kept in the key phrasings: the flag of zembla shares the edited word
+    assert {t.format("the flag of zembla") for t in edit_defaults.NAME_KEYS} <= set(king["preserve"])
+    assert "the flag of zembla in the style of pollock" not in edit_defaults.preserved(["monet"])
     assert "lam" not in edit_defaults.options("locoedit", ["wumbo"], "a circle")
 
 
@@ -58,5 +62,5 @@ def test_tiny_locoedit_style_keys_name_subjects_in_every_styled_phrasing() -> No
                   {template.format(subject=x, style="{}") for x in edit_defaults._SUBJECTS}]
         assert {o for o in OBJECTS if any(o in t for t in filled)} == set(OBJECTS), template
     dqf = edit_defaults.options("diffquickfix", ["monet"], "painting")
-    assert dqf["templates"] == edit_defaults.STYLE_KEYS and dqf["preserve_weight"] == edit_defaults.STYLE_PRESERVE_WEIGHT
+    assert dqf["templates"] == edit_defaults.STYLE_KEYS and dqf["preserve_weight"] == edit_defaults.DQF_PRESERVE_WEIGHT
     assert loco["preserve_weight"] == edit_defaults.PRESERVE_WEIGHT
