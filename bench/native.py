@@ -8,6 +8,8 @@
             corrupted run that sets the site to the captured clean activation: a per-site loop
             reusing a cached clean run, the honest anchor where a UNet row costs the same in any
             batch size (CPU at 512 px).
+After a warm-up run, the three are timed in order and then in reverse; each way's time is the mean of
+its two, so neither the first run's cold start nor drift in the machine's load favours one way.
 The pipeline is `bench.overhead`'s: SD1.5's UNet and CLIP ViT-L/14 from their configs, random
 weights, a small VAE (decoding is not what is measured). In rows of the UNet, batched computes
 N + 1 runs (the runner keeps the clean run's slices across chunks within its default cache; N +
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import defaultdict
 
 import torch
 
@@ -100,12 +103,16 @@ def main() -> None:
             images[s] = run(model, Graph([traced(s, sets)]), progress=False).images[s]
         return images
 
-    times, images = {}, {}
-    for name, fn in (("batched", batched), ("papers", papers), ("cached", cached)):
+    ways = {"batched": batched, "papers": papers, "cached": cached}
+    run(model, Graph([Run("warm-up", PROMPT, steps=1, height=size, width=size)]), progress=False)  # kernels, pages
+    taken, images = defaultdict(list), {}
+    for name in [*ways, *reversed(ways)]:  # each way early and late once: the mean cancels drift in the load
         start = time.perf_counter()
-        images[name] = fn()
-        times[name] = time.perf_counter() - start
-        print(f"  {name:8} {times[name]:8.1f} s   ({load_note()})", flush=True)
+        images[name] = ways[name]()
+        taken[name].append(time.perf_counter() - start)
+        print(f"  {name:8} {taken[name][-1]:8.1f} s   ({load_note()})", flush=True)
+    times = {name: sum(t) / len(t) for name, t in taken.items()}
+    print("  means: " + ", ".join(f"{name} {t:.1f} s" for name, t in times.items()))
     for name in ("papers", "cached"):
         worst = max((images[name][s] - images["batched"][s]).abs().max().item() for s in sites)
         print(f"  {name} vs batched: max |image difference| {worst:.1e}")

@@ -127,6 +127,9 @@ def bytes_per_run(model: Model, height: int, width: int, cfg: bool) -> int:
 
 
 CACHE_CAP_GB = 16.0  # the default cache never takes more host memory than this
+# On CPU a denoiser row costs more in a large batch; `interp.runner.plan` keeps chunks to this many
+# bytes of estimated activations where the cache spares the sources' recomputation
+CPU_CHUNK_GB = 1.0
 
 
 def default_cache_gb() -> float:
@@ -150,18 +153,18 @@ def _estimate(model: Model, height: int, width: int, cfg: bool, vae: Any, sliced
     _, latent_h, latent_w = adapter.latent_shape(model.pipe, height, width)
     twin = meta_twin(denoiser)
     _share_processors(denoiser, twin)
-    cpu = _on_cpu(denoiser)
+    cpu = on_cpu(denoiser)
     denoise = forward_lines(lambda: adapter.meta_forward(adapter.denoiser, twin, (latent_h, latent_w))(twin),
                             cpu, denoiser.dtype)
     decode: Lines = ()
     if isinstance(vae, torch.nn.Module) and hasattr(vae, "decode"):
         vae_twin = meta_twin(vae)
         latents = torch.zeros(1, vae.config.get("latent_channels", 4), latent_h, latent_w, device="meta")
-        decode = forward_lines(lambda: vae_twin.decode(latents), _on_cpu(vae), vae.dtype)
+        decode = forward_lines(lambda: vae_twin.decode(latents), on_cpu(vae), vae.dtype)
     return Estimate(denoise, 2 if cfg else 1, decode, sliced, cpu)
 
 
-def _on_cpu(module: torch.nn.Module) -> bool:
+def on_cpu(module: torch.nn.Module) -> bool:
     """Whether `module` runs on CPU kernels (a meta-device model is planned as if on CPU)."""
     return next(module.parameters()).device.type in ("cpu", "meta")
 

@@ -55,6 +55,19 @@ def _check_matrix(name: str, x: Tensor, columns: int | None, columns_of: str) ->
         )
 
 
+def _check_value_index(index: Tensor, keys: int, values: int) -> None:
+    """Raise `EditInputError` unless `index` gives each of `keys` keys a row of `values` values."""
+    if index.ndim != 1 or len(index) != keys or index.dtype not in (torch.int32, torch.int64):
+        raise EditInputError(
+            f"value_index must be a 1-D integer tensor with one entry per key ({keys}), got "
+            f"{index.dtype} of shape {tuple(index.shape)}"
+        )
+    if keys and not 0 <= int(index.min()) <= int(index.max()) < values:
+        raise EditInputError(
+            f"value_index holds rows {int(index.min())}..{int(index.max())}, but values has {values} rows"
+        )
+
+
 def _float64(name: str, x: Tensor, device: torch.device) -> Tensor:
     """`x` as float64 on `device`, or `EditInputError` if it holds NaN or inf.
 
@@ -86,10 +99,14 @@ def solve_closed_form(
     lam: float,
     preserve_keys: Tensor | None = None,
     preserve_lam: float = 1.0,
+    value_index: Tensor | None = None,
 ) -> Tensor:
     """The edited weight W* that maps each key row to its value row while staying near `weight`.
 
-    `weight` is (out, in); `keys` (n, in) and `values` (n, out) hold one pair per row.
+    `weight` is (out, in); `keys` (n, in) and `values` (n, out) hold one pair per row. Where many keys
+    share a value (DiffQuickFix's one new concept for a hundred old ones), `values` may hold the
+    distinct rows (v, out) and `value_index` (n,) each key's row in it: K^T V is then a scatter-add
+    of the keys into v rows, not a product over all n, the same sum in float64.
     `preserve_keys` (m, in), optional, are inputs on which the layer should keep its current output
     `weight @ p`, weighted by `preserve_lam`. Computed in float64; returned in `weight`'s dtype and
     device.
@@ -100,10 +117,12 @@ def solve_closed_form(
     out_dim, in_dim = weight.shape
     _check_matrix("keys", keys, in_dim, f"the weight's input size (weight {tuple(weight.shape)})")
     _check_matrix("values", values, out_dim, f"the weight's output size (weight {tuple(weight.shape)})")
-    if keys.shape[0] != values.shape[0]:
+    if value_index is not None:
+        _check_value_index(value_index, len(keys), len(values))
+    elif keys.shape[0] != values.shape[0]:
         raise EditInputError(
             f"keys {tuple(keys.shape)} and values {tuple(values.shape)} need the same number of rows "
-            f"(one value per key)"
+            f"(one value per key), or pass value_index to map each key to a row of values"
         )
     if preserve_keys is not None:
         _check_matrix("preserve_keys", preserve_keys, in_dim, "the weight's input size")
@@ -118,7 +137,11 @@ def solve_closed_form(
     # rhs = W' A + R^T K with residuals R = V - K W'^T, so W* = W' + R^T K A^-1 (A is symmetric).
     # Solving for K A^-1 (n columns) or R^T K A^-1 (out columns), whichever is fewer, is the same
     # float64 solve of the transposed system at a fraction of the cost when n << out or out << n.
-    if len(k) <= out_dim:
+    if value_index is not None:  # K^T V = (P^T K)^T V_distinct, P the (n, v) one-hot of value_index
+        summed = torch.zeros(len(v), in_dim, dtype=torch.float64, device=device)
+        kv = summed.index_add_(0, value_index.to(device), k).T @ v
+        solution = w + torch.linalg.solve(lhs, torch.addmm(kv, gram, w.T, alpha=-1)).T
+    elif len(k) <= out_dim:
         residual = v - k @ w.T  # (n, out)
         solution = torch.addmm(w, residual.T, torch.linalg.solve(lhs, k.T).T)
     else:  # K^T R = K^T V - (K^T K) W'^T: two products over the n rows (K^T K, K^T V), not three

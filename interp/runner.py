@@ -27,7 +27,7 @@ from nnsight import NNsight
 from PIL import Image
 from tqdm.auto import tqdm
 
-from interp.budget import default_cache_gb, runs_per_chunk
+from interp.budget import CPU_CHUNK_GB, default_cache_gb, on_cpu, runs_per_chunk
 from interp.chunks import Chunk, plan_chunks, recomputed
 from interp.errors import GraphValidationError, UnsupportedSchedulerError
 from interp.graph import (
@@ -133,15 +133,8 @@ def run(
                                    f"kept for restore sources (0: recompute them in every chunk)")
     graph.validate(model)
 
-    def limit(first: Run) -> int:
-        if chunk_size is not None:
-            return chunk_size
-        height, width = run_size(model, first)
-        return runs_per_chunk(model, height, width, model.adapter.cfg(first.guidance_scale), memory_budget_gb * 2**30)
-
     cache_gb = default_cache_gb() if cache_budget_gb is None else cache_budget_gb
-    chunks = plan_chunks(graph, limit, lambda target, source: cache_needs(model, graph, target, source),
-                         cache_gb * 2**30)
+    chunks = plan(model, graph, chunk_size, memory_budget_gb, cache_gb)
     stores = _stores(graph, chunks)
     again = recomputed(chunks)
     desc = f"chunks ({again} source runs recomputed: raise cache_budget_gb)" if again else "chunks"
@@ -154,6 +147,29 @@ def run(
             result.captures.setdefault(name, keyed)
             result.calls.setdefault(name, calls[name])
     return result
+
+
+def plan(model: Model, graph: Graph, chunk_size: int | None, memory_budget_gb: float, cache_gb: float) -> list[Chunk]:
+    """`run`'s chunks: at most `chunk_size` runs each, or as many as fit `memory_budget_gb`; on CPU,
+    where a UNet row costs more in a large batch, chunks of `CPU_CHUNK_GB` when that recomputes no
+    more source runs than the full budget's plan (SD1.5 width, 512 px, 8 sites, one step: 6.5-7.2 s
+    a row in one chunk of 9 runs, 5.2-5.5 s in chunks of 3 with the clean run cached)."""
+
+    def chunks_within(budget_gb: float) -> list[Chunk]:
+        def limit(first: Run) -> int:
+            if chunk_size is not None:
+                return chunk_size
+            height, width = run_size(model, first)
+            return runs_per_chunk(model, height, width, model.adapter.cfg(first.guidance_scale), budget_gb * 2**30)
+
+        return plan_chunks(graph, limit, lambda target, source: cache_needs(model, graph, target, source),
+                           cache_gb * 2**30)
+
+    full = chunks_within(memory_budget_gb)
+    if chunk_size is not None or memory_budget_gb <= CPU_CHUNK_GB or not on_cpu(model.denoiser):
+        return full
+    lean = chunks_within(CPU_CHUNK_GB)
+    return lean if recomputed(lean) <= recomputed(full) else full
 
 
 def cache_key(op: Restore, site: Site) -> tuple:

@@ -72,7 +72,7 @@ def edit(
     _check_positive("lam", lam)
     preserved = preserve_prompts(preserve, preserve_weight)
     component, path = out_proj(model, layer, encoder)
-    keys, values = collect_pairs(model, old, new, layer, templates, component, positions)
+    keys, values, value_index = collect_indexed(model, old, new, layer, templates, component, positions)
     name = f"{path}.weight"
     weight = model.components[component].get_parameter(name)
     kept = collect_preserved(model, preserved, layer, component) if preserved else None
@@ -81,7 +81,8 @@ def edit(
         "concepts": [list(p) for p in pairs(old, new)], "templates": list(templates), "positions": positions,
         "preserve": preserved, "preserve_weight": preserve_weight,
     }
-    return Edit({name: solve_closed_form(weight, keys, values, lam, kept, preserve_weight)}, metadata, base={name: weight})
+    solved = solve_closed_form(weight, keys, values, lam, kept, preserve_weight, value_index)
+    return Edit({name: solved}, metadata, base={name: weight})
 
 
 def out_proj(model: Model, layer: int, encoder: str | None = None) -> tuple[str, str]:
@@ -124,7 +125,24 @@ def collect_pairs(
     encoder: str | None = None,
     positions: str = POSITIONS,
 ) -> tuple[Tensor, Tensor]:
-    """Keys (n, in) and values (n, out) of every (old, new) pair in every template, at `positions`.
+    """Keys (n, in) and values (n, out) of every (old, new) pair in every template, at `positions`
+    (`collect_indexed` with each key's value written out)."""
+    keys, values, index = collect_indexed(model, old, new, layer, templates, encoder, positions)
+    return keys, values[index]
+
+
+def collect_indexed(
+    model: Model,
+    old: str | Sequence[str],
+    new: str | Sequence[str],
+    layer: int = 0,
+    templates: Sequence[str] = TEMPLATES,
+    encoder: str | None = None,
+    positions: str = POSITIONS,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Keys (n, in) of every (old, new) pair in every template at `positions`, the distinct values
+    (v, out) and each key's row among them (n,): a new concept shared by many old ones gives its
+    values once (`solve_closed_form`'s `value_index`).
 
     Subjects are located in every template's slot (by the encoder's own tokenizer) before anything
     runs; the distinct old and new prompts (a shared new concept's once) share one forward pass of
@@ -142,13 +160,14 @@ def collect_pairs(
     inputs = _inputs(model, component, path, prompts)
     weight = model.components[component].get_submodule(path).weight.detach()
     targets = list(dict.fromkeys(new_placed.prompt for _, new_placed in placed))
-    outputs = dict(zip(targets, inputs[[row[t] for t in targets]] @ weight.T))  # W' x of each new prompt, once
-    keys, values = [], []
+    outputs = inputs[[row[t] for t in targets]] @ weight.T  # W' x of each new prompt, once: (targets, L, out)
+    first = {t: i * outputs.shape[1] for i, t in enumerate(targets)}  # its first row in outputs.flatten(0, 1)
+    keys, value_rows = [], []
     for old_placed, new_placed in placed:
         key_positions, value_positions = aligned(positions, old_placed, new_placed)
         keys.append(inputs[row[old_placed.prompt], key_positions])
-        values.append(outputs[new_placed.prompt][value_positions])
-    return torch.cat(keys), torch.cat(values)
+        value_rows.append(first[new_placed.prompt] + torch.as_tensor(value_positions, dtype=torch.long))
+    return torch.cat(keys), outputs.flatten(0, 1), torch.cat(value_rows)
 
 
 def collect_preserved(model: Model, prompts: Sequence[str], layer: int = 0, encoder: str | None = None) -> Tensor:

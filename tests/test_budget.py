@@ -16,11 +16,12 @@ from transformers import CLIPTextConfig, CLIPTextModel
 import interp
 from interp import budget
 from interp.budget import (
-    CACHE_CAP_GB, HEAP, KEPT, SLACK, Estimate, default_cache_gb, estimate, forward_lines, runs_per_chunk,
+    CACHE_CAP_GB, CPU_CHUNK_GB, HEAP, KEPT, SLACK, Estimate, default_cache_gb, estimate, forward_lines,
+    runs_per_chunk,
 )
 from interp.graph import Graph, Restore, Run
 from interp.chunks import plan_chunks, recomputed
-from interp.runner import cache_needs
+from interp.runner import cache_needs, plan
 from models.vocab import build_clip_tokenizer
 from tests.configs import SD15_TEXT, SD15_UNET
 
@@ -134,6 +135,23 @@ def test_70_site_sd15_trace_at_512px_plans_each_chunk_with_its_clean_source(sd15
     assert 71 < sum(map(len, tight)) == 71 + recomputed(tight) < total
     sliced = dataclasses.replace(estimate(sd15, 512, 512, True), sliced_decode=True)
     assert sliced.runs_within(4.0 * 2**30) > per_chunk  # decoding one image at a time fits more runs
+
+
+def test_runner_plans_lean_cpu_chunks_only_where_the_cache_spares_the_clean_run(sd15):
+    """On CPU (meta plans as CPU) the runner's chunks hold CPU_CHUNK_GB of activations when the
+    cache keeps the clean run, so it is still computed once; without a cache the full budget's
+    fewer, larger chunks recompute it less, and an explicit chunk_size is kept."""
+    sites = [s.name for s in sd15.sites() if not s.is_text][:16]
+    graph = Graph([Run("clean", "a photo", steps=2, height=512, width=512)])
+    for site in sites:
+        graph.add(Run(site, "a photo", steps=2, height=512, width=512, ops=[Restore(site, source="clean")]))
+    lean_size = runs_per_chunk(sd15, 512, 512, True, CPU_CHUNK_GB * 2**30)
+    assert lean_size < runs_per_chunk(sd15, 512, 512, True, 4.0 * 2**30)  # SD's VAE decode: 1 run a chunk
+    lean = plan(sd15, graph, None, 4.0, CACHE_CAP_GB)
+    assert max(map(len, lean)) == lean_size and sum(map(len, lean)) == 17 and recomputed(lean) == 0
+    uncached = plan(sd15, graph, None, 4.0, 0.0)
+    assert uncached == plan_chunks(graph, lambda run_: runs_per_chunk(sd15, 512, 512, True, 4.0 * 2**30))
+    assert [len(c) for c in plan(sd15, graph, 5, 4.0, CACHE_CAP_GB)] == [5, 5, 5, 2]  # the clean run cached
 
 
 def test_default_cache_is_half_the_machine_memory_at_most_the_cap():

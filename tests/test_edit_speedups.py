@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.editing import solve_shared_keys
+from interp.editing import solve_closed_form, solve_shared_keys
+from interp.errors import EditInputError
 from interventions import diffquickfix, edits, locoedit
 
 F64 = torch.float64
@@ -107,3 +108,44 @@ def test_diffquickfix_encodes_each_distinct_prompt_once(model, monkeypatch, posi
     assert len(prompts) == len(set(prompts)) == len(old) * templates + templates  # "painting" once per template
     torch.testing.assert_close(keys, want[0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(values, want[1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("preserved", [0, 12])
+def test_solve_with_shared_values_equals_the_float64_formula(preserved):
+    """Keys that share values (one new concept for many old ones): K^T V by scatter-add over
+    `value_index` gives the solve of the written-out values, and the float64 formula, to 1e-10."""
+    g = torch.Generator().manual_seed(preserved)
+    # float64 in, so float64 out: the solves compared, not float32's rounding of their results; n > out
+    weight, keys = torch.randn(24, 16, generator=g, dtype=F64), torch.randn(90, 16, generator=g, dtype=F64)
+    distinct, index = torch.randn(7, 24, generator=g, dtype=F64), torch.randint(0, 7, (90,), generator=g)
+    kept = torch.randn(preserved, 16, generator=g, dtype=F64) if preserved else None
+    shared = solve_closed_form(weight, keys, distinct, 0.01, kept, 0.5, value_index=index)
+    written = solve_closed_form(weight, keys, distinct[index], 0.01, kept, 0.5)
+    want = reference_values(weight, keys, distinct[index], 0.01, kept, 0.5)
+    assert relative(shared, want, weight) < 1e-10 and relative(written, want, weight) < 1e-10
+
+
+def reference_values(weight, keys, values, lam, preserve, preserve_weight) -> torch.Tensor:
+    """W* = (lam W' + V^T K + w W' P^T P)(lam I + K^T K + w P^T P)^-1, values given, all float64."""
+    w, k, v = weight.double(), keys.double(), values.double()
+    p = torch.zeros(0, k.shape[1], dtype=F64) if preserve is None else preserve.double()
+    system = lam * torch.eye(k.shape[1], dtype=F64) + k.T @ k + preserve_weight * p.T @ p
+    return (lam * w + v.T @ k + preserve_weight * w @ p.T @ p) @ torch.linalg.inv(system)
+
+
+def test_shared_values_need_an_index_per_key_inside_values():
+    weight, keys, values = torch.randn(4, 3), torch.randn(5, 3), torch.randn(2, 4)
+    with pytest.raises(EditInputError, match="one entry per key"):
+        solve_closed_form(weight, keys, values, 0.01, value_index=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(EditInputError, match="values has 2 rows"):
+        solve_closed_form(weight, keys, values, 0.01, value_index=torch.tensor([0, 1, 2, 0, 1]))
+    with pytest.raises(EditInputError, match="or pass value_index"):
+        solve_closed_form(weight, keys, values, 0.01)
+
+
+def test_diffquickfix_indexed_collection_writes_out_to_its_pairs(model):
+    old, new = ["van gogh", "monet"], "painting"
+    keys, distinct, index = diffquickfix.collect_indexed(model, old, new, 1)
+    pair_keys, pair_values = diffquickfix.collect_pairs(model, old, new, 1)
+    assert len(distinct) < len(pair_values)  # "painting"'s values once, not once per old concept
+    assert torch.equal(keys, pair_keys) and torch.equal(distinct[index], pair_values)

@@ -196,8 +196,8 @@ def test_a_source_computed_once_and_read_from_the_cache_gives_the_same_images(mo
     assert all(c.cached == {"clean"} for c in cached[1:])
     once = run(model, graph, chunk_size=3, progress=False).images
     every = run(model, graph, chunk_size=3, cache_budget_gb=0, progress=False).images
-    for name in graph.runs:
-        assert (once[name] - every[name]).abs().max() <= 1e-6, name
+    for name in graph.runs:  # float32 kernels round by batch size (a chunk of 3 runs or 2): 1.04e-6 seen on one CPU
+        assert (once[name] - every[name]).abs().max() <= 5e-6, name
     for name in [*sites, "cond-late", "heads", "text"]:  # every restore read from the cache acted
         assert (once[name] - once["corrupted"]).abs().max() > 1e-4, name
 
