@@ -1,7 +1,8 @@
 """Benchmark: causal tracing at native resolution (SD1.5 width, 512 px), three ways, in one run.
 
   batched - one graph of the clean run and N restored runs, executed by `interp.runner.run` with
-            its default memory budget (the chunk plan it chose is printed);
+            its defaults (the chunk plan it chose is printed: on CPU, chunks of 1 GB of activations
+            reading the clean run from the cache);
   papers  - for each site, a graph of [clean, corrupted + restore(site)]: the clean generation is
             repeated every time, as the papers' scripts do;
   cached  - the clean run once, capturing every site at every step, then for each site one
@@ -31,10 +32,10 @@ import torch
 import interp
 from bench.overhead import sd15_width_pipeline
 from bench.timing import load_note
-from interp.budget import default_cache_gb, estimate, runs_per_chunk
+from interp.budget import CPU_CHUNK_GB, default_cache_gb, estimate
 from interp.graph import Capture, Graph, Noise, Restore, Run, Set
-from interp.chunks import plan_chunks, recomputed
-from interp.runner import cache_needs, run
+from interp.chunks import recomputed
+from interp.runner import plan, run
 
 PROMPT, SUBJECT = "a photo of a cat in the style of van gogh", "van gogh"
 BUDGET_GB = 4.0  # the runner's default memory_budget_gb
@@ -69,20 +70,17 @@ def main() -> None:
                    ops=[noise, *(ops if ops is not None else [Restore(site, source="clean")])])
 
     graph = Graph([clean, *map(traced, sites)])
-    per_chunk = runs_per_chunk(model, size, size, clean.cfg, BUDGET_GB * 2**30)
-    cache = default_cache_gb() * 2**30
-
-    def planned(g: Graph) -> list:
-        return plan_chunks(g, lambda _: per_chunk, lambda t, src: cache_needs(model, g, t, src), cache)
+    def planned(g: Graph) -> list:  # the runner's own plan at its defaults
+        return plan(model, g, None, BUDGET_GB, default_cache_gb())
 
     chunks = planned(graph)
     e = estimate(model, size, size, clean.cfg)
     print(f"SD1.5-width UNet, {size} px, {steps} steps, {len(sites)} sites, CFG; torch {torch.get_num_threads()} "
           f"thread(s); {load_note()}")
-    print(f"runner's plan at its default {BUDGET_GB} GB budget: estimate {e.per_run / 2**20:.0f} MiB a run -> "
-          f"{per_chunk} runs a chunk -> {len(chunks)} chunk(s) of {[len(c) for c in chunks]} runs "
-          f"({sum(map(len, chunks))} runs computed for {len(graph.runs)}; cache {default_cache_gb():.1f} GB, "
-          f"{recomputed(chunks)} source runs recomputed)")
+    print(f"runner's plan at its default {BUDGET_GB} GB budget (on CPU chunks of {CPU_CHUNK_GB} GB where the cache "
+          f"keeps the clean run): estimate {e.per_run / 2**20:.0f} MiB a run -> {len(chunks)} chunk(s) of "
+          f"{[len(c) for c in chunks]} runs ({sum(map(len, chunks))} runs computed for {len(graph.runs)}; cache "
+          f"{default_cache_gb():.1f} GB, {recomputed(chunks)} source runs recomputed)")
     for n in sorted({16, 70} - {len(sites)}):
         other = planned(Graph([clean, *map(traced, spread(every, n))]))
         print(f"  (at {n} sites it would be {len(other)} chunk(s), {sum(map(len, other))} runs for {n + 1})")

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from interp.budget import CPU_CHUNK_GB, default_cache_gb, on_cpu, runs_per_chunk
 from interp.chunks import Chunk, plan_chunks, recomputed
 from interp.errors import GraphValidationError, UnsupportedSchedulerError
+from interp.heap import retained_heap
 from interp.graph import (
     PRK_STEPS, Add, Capture, Graph, Noise, Operation, Restore, Run, Scale, Set, Swap, Zero, run_size, runge_kutta,
     selected_shape,
@@ -139,13 +140,14 @@ def run(
     again = recomputed(chunks)
     desc = f"chunks ({again} source runs recomputed: raise cache_budget_gb)" if again else "chunks"
     result, cache = GraphResult(), {}
-    for chunk, kept in zip(tqdm(chunks, desc=desc, disable=not progress or len(chunks) < 2), stores):
-        images, captures, calls = _run_chunk(model, graph, chunk, progress, cache, kept)
-        for name, image in zip(chunk, images):
-            result.images.setdefault(name, image)
-        for name, keyed in captures.items():
-            result.captures.setdefault(name, keyed)
-            result.calls.setdefault(name, calls[name])
+    with retained_heap(on_cpu(model.denoiser)):  # large CPU activations without a page fault per op
+        for chunk, kept in zip(tqdm(chunks, desc=desc, disable=not progress or len(chunks) < 2), stores):
+            images, captures, calls = _run_chunk(model, graph, chunk, progress, cache, kept)
+            for name, image in zip(chunk, images):
+                result.images.setdefault(name, image)
+            for name, keyed in captures.items():
+                result.captures.setdefault(name, keyed)
+                result.calls.setdefault(name, calls[name])
     return result
 
 
