@@ -15,7 +15,8 @@ Measured in one run:
     concept (kept below, only here); LoCoEdit on all 16 SD1.5 layers, one concept and 100, against
     the former d x d solve of whole float64 weights; each with its error against the float64 formula
     (relative to the update and to the weight), and `solve_closed_form`'s two-GEMM form (K^T R =
-    K^T V - K^T K W^T) against its former three.
+    K^T V - K^T K W^T) against its former three, and the shared-values form `diffquickfix.edit` uses (the
+    new concept's values once, K^T V a scatter-add).
 Run from the repository root: ``python -m bench.edit_speed [--threads N] [--compare-only]``. On a machine whose
 cores are busy with other work, 2 OpenMP threads can be 10x slower than 1, so use ``--threads 1``
 there and read the CPU-time column; the load average is printed so the numbers can be read against it.
@@ -237,8 +238,13 @@ def old_against_new(model: Model, stub: nn.Module) -> None:
     gain = torch.linalg.solve(LAM * torch.eye(k64.shape[1], dtype=torch.float64) + k64.T @ k64, k64.T).T  # K A^-1
     w64 = weight.detach().double()
     exact = {OUT_PROJ: w64 + (v_new.double() - k64 @ w64.T).T @ gain}  # the float64 formula, term by term
+    keys, distinct, index = diffquickfix.collect_indexed(model, concepts, NEW, OUT_PROJ_LAYER, DIFFQUICKFIX_TEMPLATES)
+    t["solve (shared values, diffquickfix.edit's)"] = timed(
+        lambda: solve_closed_form(weight, keys, distinct, LAM, value_index=index), 3)
     for label, got in (("3 GEMMs (former)", former_three_gemm_solve(weight, k_new, v_new, LAM)),
-                       ("2 GEMMs (interp.editing)", solve_closed_form(weight, k_new, v_new, LAM))):
+                       ("2 GEMMs (interp.editing)", solve_closed_form(weight, k_new, v_new, LAM)),
+                       ("shared values (K^T V by scatter-add)",
+                        solve_closed_form(weight, keys, distinct, LAM, value_index=index))):
         update, whole = errors({OUT_PROJ: got}, exact, {OUT_PROJ: weight})
         print(f"  DiffQuickFix solve, {label}: error {update:.1e} of the update, {whole:.1e} of the weight")
     t["edit old (old collect + 3-GEMM solve)"] = timed(
@@ -251,7 +257,8 @@ def old_against_new(model: Model, stub: nn.Module) -> None:
         print(f"    {label:<40} wall {timing.wall * 1000:8.1f} ms  cpu {timing.cpu * 1000:8.1f} ms")
     for label, a, b in (("collection", "collect old", "collect new"),
                         ("whole edit", "edit old (old collect + 3-GEMM solve)", "edit new (diffquickfix.edit)"),
-                        ("solve", "solve (3 GEMMs, former)", "solve (2 GEMMs, interp.editing)")):
+                        ("solve", "solve (3 GEMMs, former)", "solve (2 GEMMs, interp.editing)"),
+                        ("solve, shared values", "solve (3 GEMMs, former)", "solve (shared values, diffquickfix.edit's)")):
         print(f"  DiffQuickFix {label} old/new: wall {t[a].wall / t[b].wall:.2f}x, cpu {t[a].cpu / t[b].cpu:.2f}x")
 
     k_weights, v_weights = kv_weights(stub)
