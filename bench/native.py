@@ -9,7 +9,7 @@
             corrupted run that sets the site to the captured clean activation: a per-site loop
             reusing a cached clean run, the honest anchor where a UNet row costs the same in any
             batch size (CPU at 512 px).
-After a warm-up run, the three are timed in order and then in reverse; each way's time is the mean of
+`--retain-heap` runs every way with `interp.run(..., retain_heap=True)` (`interp.heap`). After a warm-up run, the three are timed in order and then in reverse; each way's time is the mean of
 its two, so neither the first run's cold start nor drift in the machine's load favours one way.
 The pipeline is `bench.overhead`'s: SD1.5's UNet and CLIP ViT-L/14 from their configs, random
 weights, a small VAE (decoding is not what is measured). In rows of the UNet, batched computes
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--retain-heap", action="store_true", help="every way with run(..., retain_heap=True)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -76,7 +77,7 @@ def main() -> None:
     chunks = planned(graph)
     e = estimate(model, size, size, clean.cfg)
     print(f"SD1.5-width UNet, {size} px, {steps} steps, {len(sites)} sites, CFG; torch {torch.get_num_threads()} "
-          f"thread(s); {load_note()}")
+          f"thread(s); retain_heap={args.retain_heap}; {load_note()}")
     print(f"runner's plan at its default {BUDGET_GB} GB budget (on CPU chunks of {CPU_CHUNK_GB} GB where the cache "
           f"keeps the clean run): estimate {e.per_run / 2**20:.0f} MiB a run -> {len(chunks)} chunk(s) of "
           f"{[len(c) for c in chunks]} runs ({sum(map(len, chunks))} runs computed for {len(graph.runs)}; cache "
@@ -86,23 +87,23 @@ def main() -> None:
         print(f"  (at {n} sites it would be {len(other)} chunk(s), {sum(map(len, other))} runs for {n + 1})")
 
     def batched() -> dict[str, torch.Tensor]:
-        return run(model, graph, progress=False).images
+        return run(model, graph, progress=False, retain_heap=args.retain_heap).images
 
     def papers() -> dict[str, torch.Tensor]:
-        return {s: run(model, Graph([clean, traced(s)]), progress=False).images[s] for s in sites}
+        return {s: run(model, Graph([clean, traced(s)]), progress=False, retain_heap=args.retain_heap).images[s] for s in sites}
 
     def cached() -> dict[str, torch.Tensor]:
         source = run(model, Graph([Run("clean", PROMPT, steps=steps, height=size, width=size,
-                                       ops=[Capture(s) for s in sites])]), progress=False)
+                                       ops=[Capture(s) for s in sites])]), progress=False, retain_heap=args.retain_heap)
         captured, calls = source.captures["clean"], source.calls["clean"]
         images = {}
         for s in sites:
             sets = [Set(s, value=captured[s][i], steps=(step,)) for i, (step, _) in enumerate(calls[s])]
-            images[s] = run(model, Graph([traced(s, sets)]), progress=False).images[s]
+            images[s] = run(model, Graph([traced(s, sets)]), progress=False, retain_heap=args.retain_heap).images[s]
         return images
 
     ways = {"batched": batched, "papers": papers, "cached": cached}
-    run(model, Graph([Run("warm-up", PROMPT, steps=1, height=size, width=size)]), progress=False)  # kernels, pages
+    run(model, Graph([Run("warm-up", PROMPT, steps=1, height=size, width=size)]), progress=False, retain_heap=args.retain_heap)  # kernels, pages
     taken, images = defaultdict(list), {}
     for name in [*ways, *reversed(ways)]:  # each way early and late once: the mean cancels drift in the load
         start = time.perf_counter()

@@ -1,9 +1,11 @@
-"""`interp.heap.retained_heap`: glibc's mmap and trimming off inside, its defaults back afterwards
-(also when the block raises), the free memory returned; a no-op without glibc or when disabled."""
+"""`interp.heap.retained_heap` (`interp.run(retain_heap=True)`): glibc's mmap and trimming off
+inside, its defaults back afterwards (also when the block raises), the free memory returned; a
+no-op without glibc or when disabled; the images unchanged."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from interp import heap
 
@@ -49,3 +51,13 @@ def test_retained_heap_runs_on_this_machine():
     with heap.retained_heap():
         block = bytearray(64 * 2**20)  # above glibc's largest mmap threshold
     assert len(block) == 64 * 2**20
+
+
+def test_a_run_with_the_heap_retained_gives_the_same_images(model):
+    import interp
+    from interp.graph import Graph, Run
+
+    graph = Graph([Run("a", "a red circle", steps=2), Run("b", "a blue square", steps=2)])
+    plain = interp.run(model, graph, progress=False).images
+    retained = interp.run(model, graph, progress=False, retain_heap=True).images
+    assert all(torch.equal(plain[name], retained[name]) for name in graph.runs)
