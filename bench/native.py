@@ -9,8 +9,9 @@
             corrupted run that sets the site to the captured clean activation: a per-site loop
             reusing a cached clean run, the honest anchor where a UNet row costs the same in any
             batch size (CPU at 512 px).
-`--retain-heap` runs every way with `interp.run(..., retain_heap=True)` (`interp.heap`). After a warm-up run, the three are timed in order and then in reverse; each way's time is the mean of
-its two, so neither the first run's cold start nor drift in the machine's load favours one way.
+`--retain-heap` runs every way with `interp.run(..., retain_heap=True)` (`interp.heap`). After a
+warm-up run, the three are timed in order and then in reverse; each way's time is the mean of its
+two, so neither the first run's cold start nor drift in the machine's load favours one way.
 The pipeline is `bench.overhead`'s: SD1.5's UNet and CLIP ViT-L/14 from their configs, random
 weights, a small VAE (decoding is not what is measured). In rows of the UNet, batched computes
 N + 1 runs (the runner keeps the clean run's slices across chunks within its default cache; N +
@@ -35,7 +36,7 @@ from bench.timing import load_note
 from interp.budget import CPU_CHUNK_GB, default_cache_gb, estimate
 from interp.graph import Capture, Graph, Noise, Restore, Run, Set
 from interp.chunks import recomputed
-from interp.runner import plan, run
+from interp.runner import GraphResult, plan, run
 
 PROMPT, SUBJECT = "a photo of a cat in the style of van gogh", "van gogh"
 BUDGET_GB = 4.0  # the runner's default memory_budget_gb
@@ -86,24 +87,27 @@ def main() -> None:
         other = planned(Graph([clean, *map(traced, spread(every, n))]))
         print(f"  (at {n} sites it would be {len(other)} chunk(s), {sum(map(len, other))} runs for {n + 1})")
 
+    def go(g: Graph) -> GraphResult:  # every run of every way, with the same options
+        return run(model, g, progress=False, retain_heap=args.retain_heap)
+
     def batched() -> dict[str, torch.Tensor]:
-        return run(model, graph, progress=False, retain_heap=args.retain_heap).images
+        return go(graph).images
 
     def papers() -> dict[str, torch.Tensor]:
-        return {s: run(model, Graph([clean, traced(s)]), progress=False, retain_heap=args.retain_heap).images[s] for s in sites}
+        return {s: go(Graph([clean, traced(s)])).images[s] for s in sites}
 
     def cached() -> dict[str, torch.Tensor]:
-        source = run(model, Graph([Run("clean", PROMPT, steps=steps, height=size, width=size,
-                                       ops=[Capture(s) for s in sites])]), progress=False, retain_heap=args.retain_heap)
+        source = go(Graph([Run("clean", PROMPT, steps=steps, height=size, width=size,
+                               ops=[Capture(s) for s in sites])]))
         captured, calls = source.captures["clean"], source.calls["clean"]
         images = {}
         for s in sites:
             sets = [Set(s, value=captured[s][i], steps=(step,)) for i, (step, _) in enumerate(calls[s])]
-            images[s] = run(model, Graph([traced(s, sets)]), progress=False, retain_heap=args.retain_heap).images[s]
+            images[s] = go(Graph([traced(s, sets)])).images[s]
         return images
 
     ways = {"batched": batched, "papers": papers, "cached": cached}
-    run(model, Graph([Run("warm-up", PROMPT, steps=1, height=size, width=size)]), progress=False, retain_heap=args.retain_heap)  # kernels, pages
+    go(Graph([Run("warm-up", PROMPT, steps=1, height=size, width=size)]))  # kernels, pages
     taken, images = defaultdict(list), {}
     for name in [*ways, *reversed(ways)]:  # each way early and late once: the mean cancels drift in the load
         start = time.perf_counter()

@@ -137,15 +137,16 @@ def solve_closed_form(
     # rhs = W' A + R^T K with residuals R = V - K W'^T, so W* = W' + R^T K A^-1 (A is symmetric).
     # Solving for K A^-1 (n columns) or R^T K A^-1 (out columns), whichever is fewer, is the same
     # float64 solve of the transposed system at a fraction of the cost when n << out or out << n.
-    if value_index is not None:  # K^T V = (P^T K)^T V_distinct, P the (n, v) one-hot of value_index
-        summed = torch.zeros(len(v), in_dim, dtype=torch.float64, device=device)
-        kv = summed.index_add_(0, value_index.to(device), k).T @ v
-        solution = w + torch.linalg.solve(lhs, torch.addmm(kv, gram, w.T, alpha=-1)).T
-    elif len(k) <= out_dim:
+    if value_index is None and len(k) <= out_dim:
         residual = v - k @ w.T  # (n, out)
         solution = torch.addmm(w, residual.T, torch.linalg.solve(lhs, k.T).T)
     else:  # K^T R = K^T V - (K^T K) W'^T: two products over the n rows (K^T K, K^T V), not three
-        solution = w + torch.linalg.solve(lhs, torch.addmm(k.T @ v, gram, w.T, alpha=-1)).T
+        if value_index is None:
+            kv = k.T @ v
+        else:  # K^T V = (P^T K)^T V_distinct, P the (n, v) one-hot of value_index: a scatter-add, no product
+            summed = torch.zeros(len(v), in_dim, dtype=torch.float64, device=device)
+            kv = summed.index_add_(0, value_index.to(device), k).T @ v
+        solution = w + torch.linalg.solve(lhs, torch.addmm(kv, gram, w.T, alpha=-1)).T
     return solution.to(dtype=weight.dtype, device=weight.device)
 
 
