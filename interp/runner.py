@@ -31,6 +31,7 @@ from interp.budget import CPU_CHUNK_GB, default_cache_gb, on_cpu, runs_per_chunk
 from interp.chunks import Chunk, plan_chunks, recomputed
 from interp.errors import GraphValidationError, UnsupportedSchedulerError
 from interp.heap import retained_heap
+from interp.text_rows import first_runs, text_rows
 from interp.graph import (
     PRK_STEPS, Add, Capture, Graph, Noise, Operation, Restore, Run, Scale, Set, Swap, Zero, run_size, runge_kutta,
     selected_shape,
@@ -241,15 +242,22 @@ def _rows(run_index: int, n: int, cfg: bool, branch: str, text: bool) -> list[in
 
 def _hook_points(
     model: Model, graph: Graph, chunk: list[str], contexts: dict[tuple[str, str], torch.Tensor],
-    stores: list[Restore] = (),
+    stores: list[Restore] = (), shared: list[int] | None = None,
 ) -> list[_HookPoint]:
     """Every (module, input/output) the chunk's operations touch, sorted in forward order.
 
     `contexts[(prompt, site name)]` is what a swapped site's key/value projections read; `stores`
-    are later chunks' restores whose source this chunk computes (their slices are kept)."""
+    are later chunks' restores whose source this chunk computes (their slices are kept); `shared`
+    is each run's text-encoder row (`interp.text_rows`; default one row per run): only the first
+    run of a shared row changes it, every run captures from it."""
     ranks = {name: i for i, name in enumerate(model.components)}
     points: dict[tuple[str, str, str], _HookPoint] = {}
     n, cfg = len(chunk), model.adapter.cfg(graph.runs[chunk[0]].guidance_scale)
+    shared = list(range(n)) if shared is None else shared
+    acting = set(first_runs(shared))
+
+    def rows(index: int, op: Operation, site: Site) -> list[int]:
+        return [shared[index]] if site.is_text else _rows(index, n, cfg, op.branch, text=False)
 
     def point(component: str, path: str, io: str, tuple_output: bool) -> _HookPoint:
         key = (component, path, io)
@@ -277,10 +285,11 @@ def _hook_points(
                                                                                              context=context))
                 continue
             site = _op_site(model, op)  # with heads=, the heads' slices of the out projection's input
-            action = _Action(op, name, _rows(index, n, cfg, op.branch, site.is_text), element=site.element,
-                             columns=_columns(site, op))
+            if site.is_text and index not in acting and not isinstance(op, Capture):
+                continue  # the row's first run does it
+            action = _Action(op, name, rows(index, op, site), element=site.element, columns=_columns(site, op))
             if isinstance(op, Restore) and op.source in chunk:
-                action.source_rows = _rows(chunk.index(op.source), n, cfg, op.branch, site.is_text)
+                action.source_rows = rows(chunk.index(op.source), op, site)
             elif isinstance(op, Restore):
                 action.cached = cache_key(op, site)
             point(site.component, site.path, site.io, site.tuple_output).actions.append(action)
@@ -289,8 +298,8 @@ def _hook_points(
         site = _op_site(model, op)
         if cache_key(op, site) not in kept:
             kept.add(cache_key(op, site))
-            action = _Action(op, op.source, _rows(chunk.index(op.source), n, cfg, op.branch, site.is_text),
-                             element=site.element, columns=_columns(site, op), store=cache_key(op, site))
+            action = _Action(op, op.source, rows(chunk.index(op.source), op, site), element=site.element,
+                             columns=_columns(site, op), store=cache_key(op, site))
             point(site.component, site.path, site.io, site.tuple_output).actions.append(action)
     for hook in points.values():
         hook.actions.sort(key=lambda a: _PRIORITY.get(type(a.op), 0))
@@ -412,9 +421,11 @@ class _Pipeline(torch.nn.Module):
             self.add_module(name, module)
         self._model = model
 
-    def forward(self, input_ids: list[torch.Tensor], call_kwargs: dict[str, Any]) -> torch.Tensor:
+    def forward(self, input_ids: list[torch.Tensor], rows: torch.Tensor, call_kwargs: dict[str, Any]) -> torch.Tensor:
+        """Encode the distinct rows of `input_ids` and generate with each run's row (`rows`, per run)."""
         adapter, pipe = self._model.adapter, self._model.pipe
-        return pipe(**adapter.encode(pipe, input_ids), **call_kwargs).images
+        encoded = adapter.encode(pipe, input_ids)
+        return pipe(**{k: v.index_select(0, rows.to(v.device)) for k, v in encoded.items()}, **call_kwargs).images
 
 
 _INSTANCE_SLOTS = ("forward", "__nnsight__")  # what nnsight writes into a module's __dict__
@@ -476,15 +487,17 @@ def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool, cac
     first = runs[0]
     height, width = run_size(model, first)
     pipe, adapter = model.pipe, model.adapter
+    shared = text_rows(runs, lambda op: _op_site(model, op))
     with torch.no_grad():
-        input_ids = [model.token_ids([r.prompt for r in runs], i) for i in range(len(model.tokenizers))]
+        prompts = [runs[i].prompt for i in first_runs(shared)]
+        input_ids = [model.token_ids(prompts, i) for i in range(len(model.tokenizers))]
         call_kwargs: dict[str, Any] = dict(
             generator=model.generators([r.seed for r in runs]),
             num_inference_steps=first.steps, guidance_scale=first.guidance_scale,
             height=height, width=width, output_type="pt", **adapter.call_kwargs(pipe),
         )
         if adapter.cfg(first.guidance_scale):
-            call_kwargs.update(adapter.uncond_kwargs(pipe, lambda: _encode(model, [""] * len(runs))))
+            call_kwargs.update(adapter.uncond_kwargs(pipe, lambda: _repeated(_encode(model, [""]), len(runs))))
         swaps = {(op.prompt, swapped_layer(model, model.site(s))) for r in runs for op in r.ops if isinstance(op, Swap)
                  for s in op.sites}
         conds = {p: _encode(model, [p]) for p in {p for p, _ in swaps}}
@@ -493,7 +506,7 @@ def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool, cac
             by_prompt[prompt].append(site)
         contexts = {(p, site.name): context for p, sites in by_prompt.items()
                     for site, context in zip(sites, adapter.kv_inputs(pipe, sites, conds[p]))}
-    hooks = _hook_points(model, graph, chunk, contexts, stores)
+    hooks = _hook_points(model, graph, chunk, contexts, stores, shared)
     text_hooks = [h for h in hooks if h.component != adapter.denoiser]
     step_hooks = [h for h in hooks if h.component == adapter.denoiser]
     traced_calls = _traced_calls(model, first, step_hooks)
@@ -506,7 +519,7 @@ def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool, cac
     try:
         with _instrumented(root):
             traced = NNsight(root)
-            with torch.no_grad(), traced.trace(input_ids, call_kwargs) as tracer:
+            with torch.no_grad(), traced.trace(input_ids, torch.tensor(shared), call_kwargs) as tracer:
                 for hook in text_hooks:
                     _visit(_envoy(traced, hook.component, hook.path), hook, hook.actions, captures)
                 if where:
@@ -524,6 +537,11 @@ def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool, cac
     return adapter.postprocess(images.cpu()), stacked, dict(captures.calls)
 
 
+
+
+def _repeated(encoded: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """One prompt's conditioning as `n` rows (views: the empty prompt is encoded once per chunk)."""
+    return {k: v.expand(n, *v.shape[1:]) for k, v in encoded.items()}
 
 
 def _encode(model: Model, prompts: list[str]) -> dict[str, torch.Tensor]:

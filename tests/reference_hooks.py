@@ -13,6 +13,7 @@ import torch
 from diffusers import PNDMScheduler
 
 import interp
+from interp.graph import Noise, Run, run_size
 
 
 @contextmanager
@@ -143,3 +144,42 @@ def at_steps(step: Callable[[], int], steps: set[int], edit: Callable[[torch.Ten
             edit(out)
 
     return maybe
+
+
+def hand_written_trace(model: interp.Model, sites: list[str], clean: Run, noise: Noise) -> torch.Tensor:
+    """Images of [clean, corrupted + restore(site) for each site] from one pipeline call with torch
+    hooks: the text encoder sees [clean, corrupted] once (the noise drawn as the runner draws it),
+    the empty prompt once; row i + 1 of each guidance branch takes the clean row at site i."""
+    pipe, n = model.pipe, len(sites) + 1
+    embedding = model.site(noise.site)
+    tokens = list(noise.tokens)
+
+    def corrupt(_module, _args, out: torch.Tensor) -> None:  # out: rows x tokens x features
+        drawn = torch.randn(len(tokens), out.shape[-1], generator=torch.Generator().manual_seed(noise.seed))
+        out[1, tokens] += noise.std * drawn
+
+    def restore(row: int):
+        def hook(_module, _args, out):
+            out = out[0] if isinstance(out, tuple) else out  # rows [uncond x n, cond x n] x ...
+            out[[row, n + row]] = out[[0, n]]
+        return hook
+
+    handles = [model.components[embedding.component].get_submodule(embedding.path).register_forward_hook(corrupt)]
+    try:
+        with torch.no_grad():
+            pair = model.adapter.encode(pipe, [model.token_ids([clean.prompt] * 2, 0)])["prompt_embeds"]
+            handles.pop().remove()
+            empty = model.adapter.encode(pipe, [model.token_ids([""], 0)])["prompt_embeds"]
+            for row, name in enumerate(sites, 1):
+                site = model.site(name)
+                handles.append(model.components[site.component].get_submodule(site.path)
+                               .register_forward_hook(restore(row)))
+            height, width = run_size(model, clean)
+            images = pipe(prompt_embeds=torch.cat([pair[:1], pair[1:].expand(n - 1, -1, -1)]),
+                          negative_prompt_embeds=empty.expand(n, -1, -1), generator=model.generators([clean.seed] * n),
+                          num_inference_steps=clean.steps, guidance_scale=clean.guidance_scale, height=height,
+                          width=width, output_type="pt", **model.adapter.call_kwargs(pipe)).images
+    finally:
+        for handle in handles:
+            handle.remove()
+    return model.adapter.postprocess(images)
