@@ -7,6 +7,8 @@
               (95% bootstrap interval over units) and over all UNet sites, top-5 overlap, the sites
               that disagree most, whether hybrid's top 5 is exact's. Targets: Spearman >= 0.8 and
               top-5 overlap >= 4 over cross-attention sites; hybrid top 5 = exact top 5.
+              With --text: the same for the text-encoder trace (every self-attn, mlp and hidden
+              site by ROME token role: `trace_text_encoder(method=...)`), over all its cells.
   cost      - an SD1.5-width pipeline (full UNet config, real SD VAE config, random weights; see
               bench.memory), 64 px, few steps, one unit: wall time and peak memory (VmHWM above the
               RSS before, each in a fresh process) of one plain generation, exact batched tracing of
@@ -18,7 +20,7 @@
   heads     - the same at SDXL width for a head-level map: the 20 heads of the first mid-block
               cross-attention layer (a 200-head layer set is past this CPU's budget for exact tracing).
 
-Run from the repository root: ``python -m bench.attribution [agreement|cost|heads|both] [--out DIR]``.
+Run from the repository root: ``python -m bench.attribution [agreement|cost|heads|both] [--text] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,58 +39,68 @@ import torch
 from bench.memory import PROMPT, _status, pipeline
 from bench.timing import load_note
 from interventions.attribution import agreement, attribute, candidates, verify_top
-from interventions.causal_trace import TraceResult, trace_unet
+from interventions.causal_trace import TraceResult, trace_text_encoder, trace_unet
 
 MiB = 2**20
 WIDTHS = {"sd15": "SD1.5", "sdxl": "SDXL"}
 HEAD_LAYERS = "mid-cross-attn.0"  # the head-level map: the heads of SDXL's first mid-block cross-attention layer
-VERIFY = (10, 15)  # hybrid: how many of the tiny model's 29 UNet sites to verify exactly
+VERIFY = (10, 15)  # hybrid: how many cells to verify exactly (of 29 UNet sites; of ~40 text cells)
 
 
-def _row(name: str, estimated: TraceResult, exact: TraceResult, cross: list[str]) -> str:
-    on_cross, on_all = agreement(estimated, exact, cross), agreement(estimated, exact)
-    low, high = on_cross["spearman_95"] or (np.nan, np.nan)
-    gaps = sorted(on_cross["ie"].items(), key=lambda kv: -abs(kv[1][0] - kv[1][1]))[:2]
+def _row(name: str, estimated: TraceResult, exact: TraceResult, focus: list[str] | None) -> str:
+    """One method's agreement with exact tracing: over the `focus` sites' cells (and then all), or all."""
+    on_all = agreement(estimated, exact)
+    on = agreement(estimated, exact, focus) if focus else on_all
+    top_10 = agreement(estimated, exact, focus, k=10, resamples=0)["top_overlap"]
+    low, high = on["spearman_95"] or (np.nan, np.nan)
+    gaps = sorted(on["ie"].items(), key=lambda kv: -abs(kv[1][0] - kv[1][1]))[:2]
     worst = ", ".join(f"{s} (est {a:+.3f} vs exact {b:+.3f})" for s, (a, b) in gaps)
-    return (f"  {name:<14} cross-attn Spearman {on_cross['spearman']:+.2f} [{low:+.2f}, {high:+.2f}] "
-            f"(n={on_cross['units']} units, {on_cross['sites']} sites), top-5 overlap {on_cross['top_overlap']}/5; "
-            f"all {on_all['sites']} UNet sites: Spearman {on_all['spearman']:+.2f}, top-5 overlap "
-            f"{on_all['top_overlap']}/5\n                 largest gaps: {worst}")
+    also = (f"; all {on_all['cells']} UNet sites: Spearman {on_all['spearman']:+.2f}, top-5 overlap "
+            f"{on_all['top_overlap']}/5") if focus else ""
+    return (f"  {name:<14} {'cross-attn ' if focus else ''}Spearman {on['spearman']:+.2f} [{low:+.2f}, {high:+.2f}] "
+            f"(n={on['units']} units, {on['cells']} cells), top-5 overlap {on['top_overlap']}/5, top-10 {top_10}/10{also}\n"
+            f"                 largest gaps: {worst}")
 
 
-def run_agreement(out: Path | None, steps: int, prompts: int, seeds: int, samples: int) -> None:
+def _label(cell: tuple) -> str:
+    return "/".join(map(str, cell))
+
+
+def run_agreement(out: Path | None, steps: int, prompts: int, seeds: int, samples: int, text: bool = False) -> None:
+    """Exact vs attribution vs hybrid on the tiny model: UNet sites, or text-encoder (site, token role) cells."""
     import interp
     from interventions.demo import PROMPTS
 
     model = interp.load("tiny")
-    cross = [s.name for s in model.sites("cross-attn")]
+    trace = trace_text_encoder if text else trace_unet
+    focus = None if text else [s.name for s in model.sites("cross-attn")]
     common = dict(seeds=range(seeds), samples=samples, steps=steps, progress=False)
-    print(f"agreement, bundled tiny model, judge; {prompts} prompts x {seeds} seeds x {samples} samples, "
-          f"{steps} steps; {load_note()}")
+    print(f"agreement, bundled tiny model, judge, {'text-encoder (site, token role) cells' if text else 'UNet sites'}; "
+          f"{prompts} prompts x {seeds} seeds x {samples} samples, {steps} steps; {load_note()}")
     for attribute_name, pairs in PROMPTS.items():
-        chosen = list(pairs[:prompts])
+        exact_trace = partial(trace, model, list(pairs[:prompts]), **common)
         timings, results = {}, {}
-        for name, run in [("exact", lambda: trace_unet(model, chosen, **common)),
-                          ("AtP", lambda: attribute(model, chosen, **common)),
-                          ("AtP, K=4 IG", lambda: attribute(model, chosen, points=4, **common))]:
+        for name, run in [("exact", exact_trace), ("AtP", partial(exact_trace, method="attribution")),
+                          ("AtP, K=4 IG", partial(exact_trace, method="attribution", points=4))]:
             start = time.perf_counter()
             results[name] = run()
             timings[name] = time.perf_counter() - start
         for verify in VERIFY:
             start = time.perf_counter()
-            results[f"hybrid-{verify}"] = verify_top(model, results["AtP"], chosen, verify=verify, **common)
+            results[f"hybrid-{verify}"] = verify_top(results["AtP"], exact_trace, verify)
             timings[f"hybrid {verify}"] = timings["AtP"] + time.perf_counter() - start
         exact = results["exact"]
         print(f"{attribute_name}: {exact.summary()}")
-        print("  time " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+        print("  time " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+              + f"; exact / AtP {timings['exact'] / timings['AtP']:.1f}x")
         for name in ("AtP", "AtP, K=4 IG"):
-            print(_row(name, results[name], exact, cross))
-        top_exact = [c[0][0] for c in exact.top(5)]
-        order = [exact.coords["site"][i] for i in candidates(results["AtP"])]
+            print(_row(name, results[name], exact, focus))
+        top_exact = [_label(c[0]) for c in exact.top(5)]
+        order = [_label(exact.cells()[i]) for i in candidates(results["AtP"])]
         needed = max(order.index(s) for s in top_exact) + 1
         print(f"  exact top 5 {top_exact}; AtP's {needed} largest estimates (of {len(order)}) cover it")
         for verify in VERIFY:
-            top_hybrid = [c[0][0] for c in results[f"hybrid-{verify}"].top(5)]
+            top_hybrid = [_label(c[0]) for c in results[f"hybrid-{verify}"].top(5)]
             verdict = ("reproduced, in order" if top_hybrid == top_exact else
                        "reproduced as a set" if set(top_hybrid) == set(top_exact) else "DIFFERS")
             print(f"  hybrid, AtP's {verify} largest verified exactly: top 5 {verdict} ({top_hybrid})")
@@ -177,6 +190,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--width", default="sd15", choices=list(WIDTHS), help=argparse.SUPPRESS)
     parser.add_argument("--heads", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--text", action="store_true", help="agreement: text-encoder (site, token role) cells "
+                        "instead of UNet sites")
     parser.add_argument("--one", metavar="MODE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -184,7 +199,7 @@ def main() -> None:
         print(json.dumps(measure(args.one, args.width, 64, args.steps or 2, args.heads)))
         return
     if args.part in ("agreement", "both"):
-        run_agreement(args.out, args.steps or 10, args.prompts, args.seeds, args.samples)
+        run_agreement(args.out, args.steps or 10, args.prompts, args.seeds, args.samples, args.text)
     if args.part in ("cost", "both"):
         run_cost(args.steps or 2, args.threads)
     if args.part in ("heads", "both"):

@@ -258,10 +258,10 @@ def trace(
                                       "activation; 'aligned' the clean prompt's on the restored run's own latent"),
     min_effect: Optional[float] = typer.Option(None, help="drop units whose clean - corrupted score is below "
                                                "this (default: 0.1 for the tiny judge, 0 for CLIP)"),
-    method: TraceMethod = typer.Option(TraceMethod.exact, help="UNet traces: 'exact' restores each site (a generation "
-                                  "per site); 'attribution' estimates every site from one backward pass; "
-                                  "'hybrid' attributes, then restores the --verify top sites exactly"),
-    verify: int = typer.Option(10, min=1, help="--method hybrid: how many top sites to restore exactly"),
+    method: TraceMethod = typer.Option(TraceMethod.exact, help="'exact' restores each site, or (site, token) state "
+                                  "(a generation each); 'attribution' estimates all of them from one backward "
+                                  "pass; 'hybrid' attributes, then restores the --verify top cells exactly"),
+    verify: int = typer.Option(10, min=1, help="--method hybrid: how many top cells to restore exactly"),
     clip: Optional[str] = typer.Option(None, help=CLIP_HELP),
     out: Optional[Path] = typer.Option(None, help=OUT_HELP, callback=_writable),
     device: str = typer.Option("cpu", help=DEVICE_HELP),
@@ -275,15 +275,11 @@ def trace(
     loaded = _load(model, device)
     loaded.locate(prompt, subject)  # a subject not in the prompt fails before the CLIP loads
     options = dict(seeds=range(seeds), steps=steps, samples=samples, min_effect=min_effect,
-                   scorer=_scorer(clip, model, device), progress=_progress())
+                   scorer=_scorer(clip, model, device), progress=_progress(), method=method.value, verify=verify)
     if target is Target.unet:
-        result = trace_unet(loaded, prompt, subject, protocol=protocol.value, method=method.value, verify=verify,
-                            **options)
+        result = trace_unet(loaded, prompt, subject, protocol=protocol.value, **options)
         figure = denoiser_site_map
     else:
-        if method is not TraceMethod.exact:
-            raise typer.BadParameter("attribution covers UNet traces; text-encoder traces take --method exact",
-                                     param_hint="--method")
         if protocol is not Protocol.paper:
             raise typer.BadParameter("text-encoder states are computed once per prompt; only --protocol paper applies",
                                      param_hint="--protocol")

@@ -13,8 +13,9 @@ batches all restored runs with their clean source (and, under the aligned protoc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Literal, Union
 
 import numpy as np
@@ -257,12 +258,13 @@ def _trace(
     model: Model, units: list[Unit], axes: tuple[str, ...], coords: dict[str, list], cell_runs: CellRuns,
     noise: float, samples: int, steps: int, guidance_scale: float, scorer: Scorer | None,
     chunk_size: int | None, progress: bool, settings: dict, protocol: Protocol = "paper",
-    min_effect: float | None = None,
+    min_effect: float | None = None, cells: Collection[int] | None = None,
 ) -> TraceResult:
     """Build the clean / corrupted / restored graph for every unit, run it once, score, aggregate.
 
     `protocol="aligned"` gives every restored run a shadow run (the clean prompt on the restored
     run's own latent, through a `latent` restore) and restores from the shadow instead of the clean run.
+    `cells`: restore only these grid cells (flat, row-major indices); the others are NaN.
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
@@ -274,7 +276,8 @@ def _trace(
     shape = tuple(len(coords[a]) for a in axes)
     graph, texts = Graph(), {}
     layout: list[dict[tuple[int, ...], list[str]]] = []  # (unit, sample) -> cell -> restored run names
-    labelled = [(index, "/".join(str(coords[a][i]) for a, i in zip(axes, index))) for index in np.ndindex(*shape)]
+    labelled = [(index, "/".join(str(coords[a][i]) for a, i in zip(axes, index)))
+                for flat, index in enumerate(np.ndindex(*shape)) if cells is None or flat in cells]
 
     for u, unit in enumerate(units):
         def add(name: str, ops: list, unit: Unit = unit) -> str:
@@ -290,17 +293,48 @@ def _trace(
 
     scores, images = run_and_score(model, graph, texts, scorer, chunk_size, progress)
     rows = [(u, k) for u in range(len(units)) for k in range(samples)]
-    restored = np.array([restored_scores(cells, scores, shape) for cells in layout]).reshape(len(rows), *shape)
+    restored = np.array([restored_scores(names, scores, shape) for names in layout]).reshape(len(rows), *shape)
     clean = np.array([scores[f"u{u}/clean"] for u, _ in rows])
     corrupted = np.array([scores[f"u{u}/n{k}/corrupted"] for u, k in rows])
-    records = [{**units[u].record(), "sample": k, "dropped": bool(c - x < min_effect)}
-               for (u, k), c, x in zip(rows, clean, corrupted)]
+    records = unit_records(units, samples, clean, corrupted, min_effect)
     settings = {**settings, "noise": noise, "noise_std": stds, "samples": samples, "steps": steps,
                 "guidance_scale": guidance_scale, "scorer": scorer.name, "protocol": protocol,
                 "min_effect": min_effect, "method": "exact"}
     shown = {n: image for n, image in images.items() if not n.endswith("/shadow")}
     return TraceResult(axes, coords, {"clean": clean, "corrupted": corrupted, "restored": restored},
                        records, settings, shown)
+
+
+def unit_records(units: Sequence[Unit], samples: int, clean: np.ndarray, corrupted: np.ndarray,
+                 min_effect: float) -> list[dict]:
+    """One record per (unit, noise sample) row: the unit, its sample, whether its total effect
+    (clean - corrupted) fell below `min_effect` (dropped)."""
+    rows = [(u, k) for u in range(len(units)) for k in range(samples)]
+    return [{**units[u].record(), "sample": k, "dropped": bool(c - x < min_effect)}
+            for (u, k), c, x in zip(rows, clean, corrupted)]
+
+
+def _check_method(method: str, cells: Collection[int] | None, attribution: dict[str, Any]) -> None:
+    """Raise for a method the traces lack, attribution options given to an exact trace, `cells`
+    given to an estimate, or a hybrid of per-step estimates."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "exact" and attribution:
+        raise TypeError(f"the trace got {sorted(attribution)}, which only method='attribution' or 'hybrid' takes")
+    if method != "exact" and cells is not None:
+        raise ValueError(f"cells restricts an exact trace; method={method!r} estimates every cell")
+    if method == "hybrid" and attribution.get("per_step"):
+        raise ValueError("hybrid verifies whole-loop restores; per_step applies to method='attribution' only")
+
+
+def _estimated_trace(method: Method, verify: int, estimate: Callable[[], TraceResult],
+                    exact: Callable[..., TraceResult]) -> TraceResult:
+    """`estimate()` (an attribution map), or for "hybrid" that map with its `verify` largest cells
+    measured by `exact(cells=...)` (`interventions.attribution.verify_top`)."""
+    from interventions.attribution import verify_top
+
+    estimated = estimate()
+    return estimated if method == "attribution" else verify_top(estimated, exact, verify)
 
 
 def site_groups(model: Model, sites: Sequence[SiteGroup] | None) -> tuple[list[tuple[str, ...]], list[str]]:
@@ -331,6 +365,7 @@ def trace_unet(
     min_effect: float | None = None,
     method: Method = "exact",
     verify: int = 10,
+    cells: Collection[int] | None = None,
     **attribution: Any,
 ) -> TraceResult:
     """Causal trace of denoiser sites: restore each site's clean activation at every step.
@@ -355,23 +390,20 @@ def trace_unet(
     `points`, `checkpoint` go to it); "hybrid" attributes everything, then restores the `verify`
     sites with the largest estimates (in size) exactly and keeps only those (other cells NaN). The
     result is the same grid; `settings["method"]` says which, for hybrid `settings["verified"]`
-    lists the exactly restored cells.
+    lists the exactly restored cells. `cells` (exact only): restore just these sites (flat indices
+    into `sites`), the other cells NaN; hybrid measures its verified cells so.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "exact" and attribution:
-        raise TypeError(f"trace_unet got {sorted(attribution)}, which only method='attribution' or 'hybrid' takes")
+    _check_method(method, cells, attribution)
     if method != "exact":
-        from interventions.attribution import attribute, hybrid_trace
+        from interventions.attribution import attribute
 
         if protocol != "paper" or branch != "both":
             raise ValueError(f"method={method!r} estimates the paper protocol with both CFG branches restored; "
                              "pass protocol='paper', branch='both', or method='exact'")
         options = dict(sites=sites, seeds=seeds, noise=noise, samples=samples, steps=steps,
                        guidance_scale=guidance_scale, scorer=scorer, min_effect=min_effect, progress=progress)
-        if method == "attribution":
-            return attribute(model, prompt, subject, **options, **attribution)
-        return hybrid_trace(model, prompt, subject, verify=verify, chunk_size=chunk_size, **options, **attribution)
+        return _estimated_trace(method, verify, lambda: attribute(model, prompt, subject, **options, **attribution),
+                               partial(trace_unet, model, prompt, subject, chunk_size=chunk_size, **options))
     resolved, labels = site_groups(model, sites)
     units = make_units(model, prompt, subject, seeds)
 
@@ -380,7 +412,7 @@ def trace_unet(
 
     settings = {"recipe": "trace_unet", "branch": branch}
     return _trace(model, units, ("site",), {"site": labels}, cell_runs, noise, samples, steps, guidance_scale,
-                  scorer, chunk_size, progress, settings, protocol, min_effect)
+                  scorer, chunk_size, progress, settings, protocol, min_effect, cells)
 
 
 def token_role(position: int, span: SubjectSpan, length: int) -> str:
@@ -414,6 +446,48 @@ def text_sites(model: Model, kinds: Sequence[str], layers: Sequence[int] | None)
     return chosen
 
 
+@dataclass(frozen=True)
+class TextGrid:
+    """A text-encoder trace's grid: its sites (each with its tokenizer's index), the token axis's
+    labels, and the fixed positions its cells restore (None: the axis is ROME's token roles)."""
+
+    sites: tuple[Site, ...]
+    tokenizers: tuple[int, ...]
+    tokens: tuple[str, ...]
+    positions: tuple[int, ...] | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.sites), len(self.tokens)
+
+    @property
+    def coords(self) -> dict[str, list]:
+        return {"site": [s.name for s in self.sites], "token": list(self.tokens)}
+
+    def cell_positions(self, unit: Unit, index: tuple[int, ...]) -> list[int]:
+        """The positions of `unit`'s prompt that cell (site, token) `index` restores, one at a time
+        (its role's positions, or the fixed one); none where the unit lacks the role."""
+        if self.positions is None:
+            return role_positions(unit, self.tokenizers[index[0]], ROLES[index[1]])
+        return [self.positions[index[1]]]
+
+
+def text_grid(model: Model, units: Sequence[Unit], kinds: Sequence[str], layers: Sequence[int] | None,
+              tokens: Sequence[int] | None) -> TextGrid:
+    """`trace_text_encoder`'s grid for `units` (see its docstring for when the token axis is roles)."""
+    sites = text_sites(model, kinds, layers)
+    tokenizer_of = tuple(model.tokenizer_index(site) for site in sites)
+    splits = {units[0].token_lists[i] for i in tokenizer_of}
+    if tokens is None and (len({u.prompt for u in units}) > 1 or len(splits) > 1):
+        return TextGrid(tuple(sites), tokenizer_of, ROLES, None)
+    for site in sites if tokens is not None else ():
+        model.check_positions(tokens, site)
+    words = next(iter(splits)) if len(splits) == 1 else ()
+    positions = tuple(tokens) if tokens is not None else tuple(range(len(words)))
+    labels = tuple(f"{p}:{words[p]}" if p < len(words) else str(p) for p in positions)
+    return TextGrid(tuple(sites), tokenizer_of, labels, positions)
+
+
 def trace_text_encoder(
     model: Model,
     prompt: Prompts,
@@ -430,6 +504,10 @@ def trace_text_encoder(
     chunk_size: int | None = None,
     progress: bool = True,
     min_effect: float | None = None,
+    method: Method = "exact",
+    verify: int = 10,
+    cells: Collection[int] | None = None,
+    **attribution: Any,
 ) -> TraceResult:
     """Causal trace of text-encoder states: restore one (site, token position) state, generate, score.
 
@@ -441,27 +519,31 @@ def trace_text_encoder(
     with several prompts, or tokenizers that differ (SD3's CLIP and T5), and `tokens=None` it is
     ROME's token roles ("last subject", "first after", ...), each unit's positions averaged within
     their role.
+
+    `method`, `verify` and extra keyword arguments (`metric`, `points`, `checkpoint`) as in
+    `trace_unet`: "attribution" estimates every (site, token) cell from the same passes
+    (`interventions.attribution.attribute_text`: the first-order effect of restoring the site at
+    one position), "hybrid" then restores the `verify` largest cells exactly. `cells` (exact only):
+    restore just these cells (flat, row-major indices of the grid), the others NaN.
     """
-    sites = text_sites(model, kinds, layers)
-    tokenizer_of = [model.tokenizer_index(site) for site in sites]
+    _check_method(method, cells, attribution)
     units = make_units(model, prompt, subject, seeds)
-    splits = {units[0].token_lists[i] for i in tokenizer_of}
-    by_role = tokens is None and (len({u.prompt for u in units}) > 1 or len(splits) > 1)
-    if by_role:
-        token_labels = list(ROLES)
-    else:
-        for site in sites if tokens is not None else ():
-            model.check_positions(tokens, site)
-        words = next(iter(splits)) if len(splits) == 1 else ()
-        positions = list(tokens) if tokens is not None else list(range(len(words)))
-        token_labels = [f"{p}:{words[p]}" if p < len(words) else str(p) for p in positions]
+    grid = text_grid(model, units, kinds, layers, tokens)
+    settings = {"recipe": "trace_text_encoder", "kinds": list(kinds),
+                "tokens": "roles" if grid.positions is None else "positions"}
+    options = dict(noise=noise, samples=samples, steps=steps, guidance_scale=guidance_scale, scorer=scorer,
+                   min_effect=min_effect, progress=progress)
+    if method != "exact":
+        from interventions.attribution import attribute_text
+
+        return _estimated_trace(
+            method, verify, lambda: attribute_text(model, units, grid, settings, **options, **attribution),
+            partial(trace_text_encoder, model, prompt, subject, layers, kinds, tokens, seeds, chunk_size=chunk_size,
+                    **options))
 
     def cell_runs(unit: Unit, index: tuple[int, ...], clean: str) -> list[list[Restore]]:
-        site, tokenizer = sites[index[0]].name, tokenizer_of[index[0]]
-        chosen = role_positions(unit, tokenizer, ROLES[index[1]]) if by_role else [positions[index[1]]]
-        return [[Restore(site, tokens=(p,), source=clean)] for p in chosen]
+        site = grid.sites[index[0]].name
+        return [[Restore(site, tokens=(p,), source=clean)] for p in grid.cell_positions(unit, index)]
 
-    settings = {"recipe": "trace_text_encoder", "kinds": list(kinds), "tokens": "roles" if by_role else "positions"}
-    return _trace(model, units, ("site", "token"), {"site": [s.name for s in sites], "token": token_labels},
-                  cell_runs, noise, samples, steps, guidance_scale, scorer, chunk_size, progress, settings,
-                  min_effect=min_effect)
+    return _trace(model, units, ("site", "token"), grid.coords, cell_runs, noise, samples, steps, guidance_scale,
+                  scorer, chunk_size, progress, settings, min_effect=min_effect, cells=cells)

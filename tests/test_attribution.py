@@ -39,12 +39,11 @@ class LinearScore:
         return self.differentiable(stacked, texts).detach()
 
 
-@pytest.fixture(scope="module")
-def linear() -> tuple[interp.Model, LinearScore]:
-    """A reduced random SD model whose output after its last feed-forward layer is linear: the UNet's
-    output norm and activation removed, a 1x1-conv decoder with small weights (no pixel clamps),
-    DDIM without sample clipping. So the score is linear (affine) in that layer's output. Float64,
-    so that what is compared is the method, not float32 rounding."""
+def linear_pipeline():
+    """A reduced random SD pipeline whose output after its last feed-forward layer is linear: the
+    UNet's output norm and activation removed, a 1x1-conv decoder with small weights (no pixel
+    clamps), DDIM without sample clipping. So the score is linear (affine) in that layer's output.
+    Float64, so that what is compared is the method, not float32 rounding."""
     torch.set_num_threads(1)
     pipe = dummy_sd_pipeline().to(torch.float64)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
@@ -52,8 +51,18 @@ def linear() -> tuple[interp.Model, LinearScore]:
     decoder = torch.nn.Conv2d(4, 3, 1, bias=False, dtype=torch.float64).requires_grad_(False)
     torch.nn.init.normal_(decoder.weight, std=0.02, generator=torch.Generator().manual_seed(2))
     pipe.vae.decode = lambda z, return_dict=False, generator=None: (decoder(z),)
+    return pipe
+
+
+def linear_case(pipe) -> tuple[interp.Model, LinearScore]:
+    """`pipe` loaded, with a score linear in its images' pixels."""
     model = interp.load(pipe)
     return model, LinearScore((3, *[s // 2 for s in model.default_size()]))
+
+
+@pytest.fixture(scope="module")
+def linear() -> tuple[interp.Model, LinearScore]:
+    return linear_case(linear_pipeline())
 
 
 def test_attribution_equals_exact_patching_where_the_score_is_linear(linear):
