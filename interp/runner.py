@@ -405,20 +405,43 @@ def _visit(envoy: Any, hook: _HookPoint, actions: list[_Action], captures: _Capt
         _apply(action, output[action.element] if hook.tuple_output else output, captures)
 
 
-def _envoy(root: Any, component: str, path: str) -> Any:
-    envoy = getattr(root, component)
+def _envoy(root: Any, where: tuple[int, str]) -> Any:
+    """The envoy of a hook point's module: `where` is (index among the root's points, path below it)."""
+    index, path = where
+    envoy = root.points[index]
     for part in path.split(".") if path else ():
         envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
     return envoy
 
 
-class _Pipeline(torch.nn.Module):
-    """The pipeline as one module, so nnsight sees text encoders and denoiser in one forward."""
+def _outermost(hooks: list[_HookPoint]) -> tuple[list[tuple[str, str]], dict[tuple[str, str], tuple[int, str]]]:
+    """The hooked modules that no other hooked module contains, as (component, path), and where each
+    hook point's module lies below them: (index, path below it)."""
+    keys = list(dict.fromkeys((h.component, h.path) for h in hooks))
 
-    def __init__(self, model: Model):
+    def inside(key: tuple[str, str], outer: tuple[str, str]) -> bool:
+        return key[0] == outer[0] and (not outer[1] or key[1] == outer[1] or key[1].startswith(outer[1] + "."))
+
+    tops = [k for k in keys if not any(o != k and inside(k, o) for o in keys)]
+    where = {}
+    for key in keys:
+        index = next(i for i, top in enumerate(tops) if inside(key, top))
+        where[key] = (index, key[1][len(tops[index][1]):].lstrip("."))
+    return tops, where
+
+
+class _Pipeline(torch.nn.Module):
+    """The pipeline as one module for nnsight. Only the outermost hooked modules are its children
+    (`points`): nnsight instruments those subtrees alone, and every other module of the pipeline
+    runs at plain torch speed (instrumenting all of them cost 10% of a tiny-model trace)."""
+
+    def __init__(self, model: Model, points: list[tuple[str, str]]):
         super().__init__()
-        for name, module in model.components.items():
-            self.add_module(name, module)
+        # nnsight moves the inputs to its root's first parameter's device: keep that the pipeline's
+        # first one, not a hooked module's (which accelerate's offloading keeps on meta)
+        first = next(p for module in model.components.values() for p in module.parameters())
+        self.anchor = torch.nn.Parameter(torch.empty(0, device=first.device, dtype=first.dtype), requires_grad=False)
+        self.points = torch.nn.ModuleList(model.components[c].get_submodule(p) for c, p in points)
         self._model = model
 
     def forward(self, input_ids: list[torch.Tensor], rows: torch.Tensor, call_kwargs: dict[str, Any]) -> torch.Tensor:
@@ -513,7 +536,8 @@ def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool, cac
     where = {call: (step, within) for call, step, within in traced_calls}
     captures = _Captures(cache=cache)
 
-    root = _Pipeline(model)
+    tops, where_hooked = _outermost(hooks)
+    root = _Pipeline(model, tops)
     bar_config = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=not progress, leave=False, desc=f"{len(chunk)} runs")
     try:
@@ -521,14 +545,14 @@ def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool, cac
             traced = NNsight(root)
             with torch.no_grad(), traced.trace(input_ids, torch.tensor(shared), call_kwargs) as tracer:
                 for hook in text_hooks:
-                    _visit(_envoy(traced, hook.component, hook.path), hook, hook.actions, captures)
+                    _visit(_envoy(traced, where_hooked[(hook.component, hook.path)]), hook, hook.actions, captures)
                 if where:
                     for call in tracer.iter[list(where)]:
                         captures.where = where[call]
                         for hook in step_hooks:
                             actions = hook.active(where[call][0])
                             if actions:
-                                _visit(_envoy(traced, hook.component, hook.path), hook, actions, captures)
+                                _visit(_envoy(traced, where_hooked[(hook.component, hook.path)]), hook, actions, captures)
                 images = nnsight.save(traced.output)
     finally:
         pipe._progress_bar_config = bar_config
