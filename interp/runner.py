@@ -1,11 +1,13 @@
 """Execute an intervention graph with nnsight: one batched pipeline call per chunk of runs.
 
 Rows of a chunk are its runs (targets together with their restore sources). The text encoder runs
-once on the chunk's prompts; the denoiser sees the classifier-free-guidance layout
+once on the chunk's distinct prompts (`interp.text_rows`: runs with the same prompt and text-encoder
+operations share a row) and the empty prompt once; the denoiser sees the classifier-free-guidance layout
 [uncond rows..., cond rows...] at every step. A restore copies the source row's activation into the
 target row inside the same forward pass, so one denoising loop serves many restored sites.
 
-Every read and write happens in a traced forward in module order: text-encoder sites first, then,
+nnsight wraps only the outermost hooked modules (`_outermost`), so the rest of the pipeline runs
+untouched. Every read and write happens in a traced forward in module order: text-encoder sites first, then,
 at each denoising step, the denoiser's hook points sorted by their place in a forward pass. Head and
 neuron sites (and ops with `heads=` / `units=`) act on columns of the last dim of their hook point
 (an out projection's input, a key/value projection's output): the selected rows are read, the
