@@ -28,9 +28,11 @@ PROMPT, SUBJECT = "a red circle in the style of van gogh", "van gogh"
 
 
 def trace_variants(model: Model, sites: list[str], steps: int, prompt: str = PROMPT, subject: str = SUBJECT,
-                   size: int | None = None, **run_kwargs) -> dict[str, Callable[[], dict[str, torch.Tensor]]]:
-    """The two ways of the module docstring to trace `sites`; each returns the restored images by
-    site. `run_kwargs` (chunk_size, memory_budget_gb) go to the batched call of `interp.runner.run`."""
+                   size: int | None = None, hand_written: bool = False,
+                   **run_kwargs) -> dict[str, Callable[[], dict[str, torch.Tensor]]]:
+    """The ways of the module docstring to trace `sites` (`hooks` with `hand_written`: SD-style
+    pipelines, one text encoder); each returns the restored images by site. `run_kwargs`
+    (chunk_size, memory_budget_gb) go to the batched call of `interp.runner.run`."""
     noise = Noise("text-embed", tokens=model.locate(prompt, subject).positions, std=3.0)
     clean = Run("clean", prompt, steps=steps, height=size, width=size)
 
@@ -46,7 +48,7 @@ def trace_variants(model: Model, sites: list[str], steps: int, prompt: str = PRO
     def hooks() -> dict[str, torch.Tensor]:
         return dict(zip(sites, hand_written_trace(model, sites, clean, noise)[1:]))
 
-    return {"separate": separate, "batched": batched, "hooks": hooks}
+    return {"separate": separate, "batched": batched, **({"hooks": hooks} if hand_written else {})}
 
 
 def main() -> None:
@@ -60,7 +62,7 @@ def main() -> None:
 
     model = _load(args.model)
     sites = [s.name for s in model.sites() if not s.is_text][: args.sites]
-    variants = trace_variants(model, sites, args.steps, chunk_size=args.chunk_size)
+    variants = trace_variants(model, sites, args.steps, chunk_size=args.chunk_size, hand_written=True)
     images = {name: way() for name, way in variants.items()}
     worst = {name: max((images[name][s] - images["batched"][s]).abs().max().item() for s in sites)
              for name in ("separate", "hooks")}

@@ -45,10 +45,14 @@ def sd15_width_pipeline() -> StableDiffusionPipeline:
 
 
 def plain_call(model: interp.Model, prompts: list[str], seeds: list[int], steps: int, size: int) -> torch.Tensor:
-    """`pipe(...)` with no intervention: rows seeded as the runner seeds them, CFG 7.5, images in [0, 1]."""
+    """`pipe(...)` with no intervention: rows seeded as the runner seeds them, CFG 7.5, images in [0, 1].
+    Copies of one prompt go in as diffusers batches them (`num_images_per_prompt`: encoded once), as
+    the runner encodes each distinct prompt once (float32 encoders round by batch size, ~1e-6)."""
+    one = len(set(prompts)) == 1
     with torch.no_grad():
-        return model.pipe(prompts, generator=model.generators(seeds), num_inference_steps=steps,
-                          guidance_scale=7.5, height=size, width=size, output_type="pt").images
+        return model.pipe(prompts[0] if one else prompts, num_images_per_prompt=len(prompts) if one else 1,
+                          generator=model.generators(seeds), num_inference_steps=steps, guidance_scale=7.5,
+                          height=size, width=size, output_type="pt").images
 
 
 def restore_variants(model: interp.Model, site_name: str, size: int, steps: int,
