@@ -244,18 +244,17 @@ def _rows(run_index: int, n: int, cfg: bool, branch: str, text: bool) -> list[in
 
 def _hook_points(
     model: Model, graph: Graph, chunk: list[str], contexts: dict[tuple[str, str], torch.Tensor],
-    stores: list[Restore] = (), shared: list[int] | None = None,
+    stores: list[Restore], shared: list[int],
 ) -> list[_HookPoint]:
     """Every (module, input/output) the chunk's operations touch, sorted in forward order.
 
     `contexts[(prompt, site name)]` is what a swapped site's key/value projections read; `stores`
     are later chunks' restores whose source this chunk computes (their slices are kept); `shared`
-    is each run's text-encoder row (`interp.text_rows`; default one row per run): only the first
+    is each run's text-encoder row (`interp.text_rows`): only the first
     run of a shared row changes it, every run captures from it."""
     ranks = {name: i for i, name in enumerate(model.components)}
     points: dict[tuple[str, str, str], _HookPoint] = {}
     n, cfg = len(chunk), model.adapter.cfg(graph.runs[chunk[0]].guidance_scale)
-    shared = list(range(n)) if shared is None else shared
     acting = set(first_runs(shared))
 
     def rows(index: int, op: Operation, site: Site) -> list[int]:
@@ -273,7 +272,7 @@ def _hook_points(
         for op in graph.runs[name].ops:
             if isinstance(op, Swap):
                 for site in (model.site(s) for s in op.sites):
-                    rows = _rows(index, n, cfg, op.branch, text=False)
+                    swapped = rows(index, op, site)
                     context = contexts[(op.prompt, swapped_layer(model, site).name)]
                     for kv in site.kv_paths:
                         if site.kind == HEAD:  # the head's slice of the key/value projection's output
@@ -281,9 +280,9 @@ def _hook_points(
                             with torch.no_grad():
                                 projected = model.components[site.component].get_submodule(kv)(context)
                             point(site.component, kv, "output", False).actions.append(
-                                _Action(op, name, rows, context=projected[..., columns], columns=columns))
+                                _Action(op, name, swapped, context=projected[..., columns], columns=columns))
                         else:
-                            point(site.component, kv, "input", False).actions.append(_Action(op, name, rows,
+                            point(site.component, kv, "input", False).actions.append(_Action(op, name, swapped,
                                                                                              context=context))
                 continue
             site = _op_site(model, op)  # with heads=, the heads' slices of the out projection's input
@@ -538,23 +537,27 @@ def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool, cac
     where = {call: (step, within) for call, step, within in traced_calls}
     captures = _Captures(cache=cache)
 
-    tops, where_hooked = _outermost(hooks)
+    tops, below = _outermost(hooks)
     root = _Pipeline(model, tops)
     bar_config = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=not progress, leave=False, desc=f"{len(chunk)} runs")
     try:
         with _instrumented(root):
             traced = NNsight(root)
+
+            def envoy(hook: _HookPoint) -> Any:
+                return _envoy(traced, below[(hook.component, hook.path)])
+
             with torch.no_grad(), traced.trace(input_ids, torch.tensor(shared), call_kwargs) as tracer:
                 for hook in text_hooks:
-                    _visit(_envoy(traced, where_hooked[(hook.component, hook.path)]), hook, hook.actions, captures)
+                    _visit(envoy(hook), hook, hook.actions, captures)
                 if where:
                     for call in tracer.iter[list(where)]:
                         captures.where = where[call]
                         for hook in step_hooks:
                             actions = hook.active(where[call][0])
                             if actions:
-                                _visit(_envoy(traced, where_hooked[(hook.component, hook.path)]), hook, actions, captures)
+                                _visit(envoy(hook), hook, actions, captures)
                 images = nnsight.save(traced.output)
     finally:
         pipe._progress_bar_config = bar_config

@@ -105,6 +105,18 @@ def test_swap_matches_torch_hooks(model):
     assert not torch.equal(ours, generate(model, [PROMPT], [0], STEPS)[0])
 
 
+def test_a_swap_and_other_operations_in_one_chunk(model):
+    """A swap before other operations of the chunk (its own run's and later runs'): each acts as alone."""
+    swap = Swap(["cross-attn-2"], "a painting")
+    graph = Graph([Run("clean", PROMPT, steps=STEPS),
+                   corrupt(model, "both", swap, Restore("down-0-resnet-0", source="clean")),
+                   corrupt(model, "restored", Restore("down-0-resnet-0", source="clean"))])
+    together = run(model, graph, chunk_size=3, progress=False).images
+    for name in ("both", "restored"):
+        alone = run(model, Graph([graph.runs["clean"], graph.runs[name]]), progress=False).images[name]
+        assert (together[name] - alone).abs().max() <= 1e-5, name
+
+
 def test_capture_steps_and_text(model):
     graph = Graph([Run("x", PROMPT, steps=STEPS, ops=[
         Capture("mid-resnet-1", key="mid", steps=(0, 2)),
