@@ -6,8 +6,8 @@ operations share a row) and the empty prompt once; the denoiser sees the classif
 [uncond rows..., cond rows...] at every step. A restore copies the source row's activation into the
 target row inside the same forward pass, so one denoising loop serves many restored sites.
 
-nnsight wraps only the outermost hooked modules (`_outermost`), so the rest of the pipeline runs
-untouched. Every read and write happens in a traced forward in module order: text-encoder sites first, then,
+nnsight wraps only the hooked modules (`_outermost` roots them, `_Lazy` leaves their other submodules
+unwrapped), so the rest of the pipeline runs untouched. Every read and write happens in a traced forward in module order: text-encoder sites first, then,
 at each denoising step, the denoiser's hook points sorted by their place in a forward pass. Head and
 neuron sites (and ops with `heads=` / `units=`) act on columns of the last dim of their hook point
 (an out projection's input, a key/value projection's output): the selected rows are read, the
@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import nnsight
 import torch
 from nnsight import NNsight
+from nnsight.intervention.envoy import Envoy
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -452,6 +453,20 @@ class _Pipeline(torch.nn.Module):
         return pipe(**{k: v.index_select(0, rows.to(v.device)) for k, v in encoded.items()}, **call_kwargs).images
 
 
+class _Lazy(Envoy):
+    """An envoy that mirrors no submodule until one is asked for (nnsight's `__getattr__` wraps it
+    then), so a hooked resnet's convolutions and norms run at plain torch speed. nnsight's own
+    envoys mirror, and instrument, every module below the ones a graph hooks."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        object.__setattr__(self, "_building", True)
+        super().__init__(*args, **kwargs)
+        object.__setattr__(self, "_building", False)
+
+    def _add_envoy(self, name: str, module: torch.nn.Module) -> Envoy | None:
+        return None if self._building else super()._add_envoy(name, module)
+
+
 _INSTANCE_SLOTS = ("forward", "__nnsight__")  # what nnsight writes into a module's __dict__
 _ABSENT = object()
 
@@ -543,10 +558,13 @@ def _run_chunk(model: Model, graph: Graph, chunk: list[str], progress: bool, cac
     pipe.set_progress_bar_config(disable=not progress, leave=False, desc=f"{len(chunk)} runs")
     try:
         with _instrumented(root):
-            traced = NNsight(root)
+            traced = NNsight(root, envoys=_Lazy)
 
             def envoy(hook: _HookPoint) -> Any:
                 return _envoy(traced, below[(hook.component, hook.path)])
+
+            for hook in hooks:  # wrap (instrument) the hooked modules before the forward starts
+                envoy(hook)
 
             with torch.no_grad(), traced.trace(input_ids, torch.tensor(shared), call_kwargs) as tracer:
                 for hook in text_hooks:
