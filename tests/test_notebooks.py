@@ -20,8 +20,8 @@ tiny_built = pytest.mark.skipif(not (WEIGHTS_DIR / "model_index.json").is_file()
                                 reason="the bundled tiny model is not built (python -m models.tiny.train)")
 
 
-def test_the_six_walkthroughs_exist():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"]
+def test_the_seven_walkthroughs_exist():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
