@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=16)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--chunk-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
 
     model = _load(args.model)

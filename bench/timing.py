@@ -21,13 +21,14 @@ def timed(fn: Callable[[], object], repeats: int = 5) -> float:
 
 def timed_interleaved(variants: dict[str, Callable[[], object]], repeats: int = 3,
                       warm_up: bool = True) -> dict[str, float]:
-    """Median time of each variant, the variants taking turns so background load hits them alike
-    (`warm_up=False` when the caller has already run each once, e.g. to compare their outputs)."""
+    """Median time of each variant, the variants taking turns (in reverse order every other round, so
+    none always follows the same one) so background load hits them alike (`warm_up=False` when the
+    caller has already run each once, e.g. to compare their outputs)."""
     for fn in variants.values() if warm_up else ():
         fn()
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
+    for round_ in range(repeats):
+        for name, fn in list(variants.items())[:: -1 if round_ % 2 else 1]:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
