@@ -8,10 +8,15 @@ Capture. For the length of one generation, each chosen cross-attention layer (th
 the text: UNet `attn2`, PixArt's `attn2`) gets a capturing processor: diffusers' own `AttnProcessor`,
 which computes the attention probabilities explicitly (softmax(QKᵀ/√d), then P·V), with a recorder
 that keeps, for the chosen tokens, the conditional branch's probabilities per denoiser call, head and
-image position. Every other layer keeps the user's processor (SDPA by default). Afterwards, even
+image position. Joint attention (SD3's blocks, FLUX's double-stream blocks: one softmax over the
+image and text tokens together) keeps the user's processor, whose attention kernel is swapped for
+the call by an explicit one (`JOINT_KERNELS`); the map is the image queries' probabilities on the
+text keys. Every other layer keeps the user's processor (SDPA by default). Afterwards, even
 when the run fails, every module holds the very processor object it had. The captured layers'
 outputs are the explicit path's, equal to SDPA's up to float rounding (the tests bound the image
 difference). Only the chosen tokens are kept (a multi-token phrase keeps each of its positions).
+Tokens are positions along the context the layers read (`Adapter.context_offsets`): a word is found
+in every token stream of it (SD3: CLIP, then T5; FLUX: T5), a number is a position of the context.
 
 Aggregation, as DAAM: a layer's probabilities for a token are summed over heads and steps (and the
 phrase's positions), upsampled bicubically to the image's resolution and clamped at 0; the heatmap
@@ -26,14 +31,18 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import (
-    AttnProcessor, AttnProcessor2_0, AttnProcessorNPU, SlicedAttnProcessor, XFormersAttnProcessor,
+    AttnProcessor, AttnProcessor2_0, AttnProcessorNPU, JointAttnProcessor2_0, SlicedAttnProcessor,
+    XFormersAttnProcessor,
 )
+from diffusers.models.transformers import transformer_flux
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
-from interp.errors import AttentionCaptureError
+from interp.errors import AttentionCaptureError, TokenRangeError
 from interp.graph import Graph, Operation, Run
 from interp.model import Model
 from interp.runner import call_steps, run
@@ -82,28 +91,86 @@ class CapturingProcessor(AttnProcessor):
         )
 
 
+@dataclass(frozen=True)
+class JointKernel:
+    """How a joint-attention processor class attends: the module global its kernel is looked up
+    under (swapped for the call), whether the kernel takes (batch, heads, tokens, dim) as torch's SDPA
+    or (batch, tokens, heads, dim), and whether the text tokens come before the image's."""
+
+    module: ModuleType
+    name: str
+    heads_first: bool
+    text_first: bool
+
+
+JOINT_KERNELS = {
+    JointAttnProcessor2_0: JointKernel(F, "scaled_dot_product_attention", heads_first=True, text_first=False),  # SD3
+    FluxAttnProcessor: JointKernel(transformer_flux, "dispatch_attention_fn", heads_first=False, text_first=True),
+}
+
+
+class JointCapturingProcessor:
+    """The user's joint-attention processor, run with its kernel swapped, for the call, for an
+    explicit softmax(QKᵀ·scale)·V that hands the image queries' probabilities on the text keys
+    ((batch * heads, image tokens, text tokens)) to `keep`."""
+
+    def __init__(self, inner: object, kernel: JointKernel, keep: Callable[[torch.Tensor], None]) -> None:
+        self.inner, self.kernel, self.keep = inner, kernel, keep
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        if encoder_hidden_states is None:
+            raise AttentionCaptureError(
+                "a joint attention called without text tokens (a single-stream block) has no text part to map"
+            )
+        text, kernel = encoder_hidden_states.shape[1], self.kernel
+
+        def explicit(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
+            if dropout_p or is_causal:
+                raise AttentionCaptureError("attention maps capture inference attention: no dropout, not causal")
+            if not kernel.heads_first:  # (batch, tokens, heads, dim) -> (batch, heads, tokens, dim)
+                query, key, value = (x.transpose(1, 2) for x in (query, key, value))
+            scores = query @ key.transpose(-1, -2) * (query.shape[-1] ** -0.5 if scale is None else scale)
+            if attn_mask is not None:
+                scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+                    else scores + attn_mask
+            probs = scores.softmax(-1)  # (batch, heads, queries, keys)
+            image, words = (slice(text, None), slice(None, text)) if kernel.text_first else \
+                (slice(None, -text), slice(-text, None))
+            self.keep(probs[:, :, image, words].flatten(0, 1))
+            out = probs @ value
+            return out if kernel.heads_first else out.transpose(1, 2)
+
+        original = getattr(kernel.module, kernel.name)
+        setattr(kernel.module, kernel.name, explicit)
+        try:
+            return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        finally:
+            setattr(kernel.module, kernel.name, original)
+
+
 def cross_attention_layers(model: Model, layers: Sequence[str | Site] | None = None) -> list[Site]:
     """The cross-attention sites to capture (default: every one, in forward order), each checked to be
-    a diffusers attention module that reads the text through its own keys, with a plain processor."""
-    readers = [s for s in model.sites("cross-attn") if _reads_text(model, s)]
+    a diffusers attention module that reads the text through its own keys with a plain processor, or
+    a joint attention whose processor `JOINT_KERNELS` knows."""
+    readers = [s for s in model.sites("cross-attn") if _reads_text(model, s) or _joint(model, s)]
     if not readers:
         raise AttentionCaptureError(
-            f"{model.adapter.family} has no cross-attention layers with their own text keys (joint attention, as "
-            "on SD3 and FLUX, mixes text and image tokens in one softmax); attention maps need a UNet or a "
-            "PixArt-style DiT"
+            f"{model.adapter.family} has no cross-attention or joint-attention layers that read the text as keys; "
+            "attention maps need a UNet, a PixArt-style DiT, SD3 or FLUX"
         )
     sites = readers if layers is None else [model.site(layer) for layer in layers]
     for site in sites:
-        if site.kind != "cross-attn" or not _reads_text(model, site):
+        if site.kind != "cross-attn" or not (_reads_text(model, site) or _joint(model, site)):
             raise AttentionCaptureError(
                 f"{site.name} is not a cross-attention layer that reads the text through its own keys; choose "
                 f"among {[s.name for s in readers]}"
             )
         processor = _module(model, site).processor
-        if not isinstance(processor, PLAIN_PROCESSORS):
+        known = tuple(JOINT_KERNELS) if _joint(model, site) else PLAIN_PROCESSORS
+        if not isinstance(processor, known):
             raise AttentionCaptureError(
                 f"{site.name} runs {type(processor).__name__}, whose output the capture's plain softmax attention "
-                f"would change (it captures layers running {[c.__name__ for c in PLAIN_PROCESSORS]}); leave the "
+                f"would change (it captures layers running {[c.__name__ for c in known]}); leave the "
                 f"layer out with layers=..."
             )
     return sites
@@ -115,6 +182,13 @@ def _reads_text(model: Model, site: Site) -> bool:
     return bool(getattr(module, "is_cross_attention", False)) and hasattr(module, "processor")
 
 
+def _joint(model: Model, site: Site) -> bool:
+    """Whether `site` is a joint attention: its own projections of the text (`add_k_proj`) join the
+    image tokens' keys in one softmax."""
+    module = _module(model, site)
+    return getattr(module, "add_k_proj", None) is not None and not getattr(module, "is_cross_attention", False)
+
+
 def _module(model: Model, site: Site) -> torch.nn.Module:
     return model.components[site.component].get_submodule(site.path)
 
@@ -123,13 +197,16 @@ def _module(model: Model, site: Site) -> torch.nn.Module:
 def capturing(
     model: Model, sites: Sequence[Site], keep: Callable[[Site, int], Callable[[torch.Tensor], None]]
 ) -> Iterator[None]:
-    """Inside the block, `sites`' modules run a `CapturingProcessor` handing probabilities to
-    `keep(site, heads)`; on exit, even by an exception, each module gets back its own processor object."""
+    """Inside the block, `sites`' modules run a `CapturingProcessor` (a `JointCapturingProcessor` around
+    their own on joint attention) handing probabilities to `keep(site, heads)`; on exit, even by an
+    exception, each module gets back its own processor object."""
     modules = [(site, _module(model, site)) for site in sites]
     originals = [module.processor for _, module in modules]
     try:
-        for site, module in modules:
-            module.processor = CapturingProcessor(keep(site, module.heads))
+        for (site, module), original in zip(modules, originals):
+            kept = keep(site, module.heads)
+            kernel = JOINT_KERNELS.get(type(original)) if _joint(model, site) else None
+            module.processor = JointCapturingProcessor(original, kernel, kept) if kernel else CapturingProcessor(kept)
         yield
     finally:
         for (_, module), original in zip(modules, originals):
@@ -229,21 +306,30 @@ def normalise(maps: torch.Tensor) -> torch.Tensor:
 
 
 def token_positions(model: Model, prompt: str, tokens: Sequence[Token]) -> dict[str, tuple[int, ...]]:
-    """Label -> positions of each token: a word or phrase located in `prompt` (its first occurrence),
-    or a position (labelled "position:token", e.g. "3:circle</w>", "12:pad")."""
+    """Label -> positions along the context the attention layers read, of each token: a word or phrase
+    located in `prompt` (its first occurrence) in every token stream of the context, or a position
+    of the context (labelled "position:token", e.g. "3:circle</w>", "12:pad")."""
     if isinstance(tokens, (str, int)):
         tokens = [tokens]
     if not tokens:
         raise AttentionCaptureError("name at least one token of the prompt, e.g. tokens=['circle']")
-    words = model.tokens(prompt)
+    streams = sorted((offset, index, model.adapter.token_length(model.pipe, index))
+                     for index, offset in model.adapter.context_offsets(model.pipe).items())
+    length = max(offset + n for offset, _, n in streams)
     out: dict[str, tuple[int, ...]] = {}
     for token in tokens:
         if isinstance(token, int):
-            model.check_positions([token])
-            position = token % model.max_length
-            out[f"{position}:{words[position] if position < len(words) else 'pad'}"] = (position,)
+            if not -length <= token < length:
+                raise TokenRangeError(f"token position {token} is out of range: the context has {length} positions "
+                                      f"(0 .. {length - 1})")
+            position = token % length
+            offset, index, _ = next(s for s in reversed(streams) if s[0] <= position)
+            words = model.tokens(prompt, index)
+            at = position - offset
+            out[f"{position}:{words[at] if at < len(words) else 'pad'}"] = (position,)
         else:
-            out[token] = model.locate(prompt, token).positions
+            out[token] = tuple(offset + p for offset, index, _ in streams
+                               for p in model.locate(prompt, token, index).positions)
     return out
 
 

@@ -183,3 +183,20 @@ def hand_written_trace(model: interp.Model, sites: list[str], clean: Run, noise:
         for handle in handles:
             handle.remove()
     return model.adapter.postprocess(images)
+
+
+def joint_text_probs(attention: torch.nn.Module, hidden_states: torch.Tensor,
+                     encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    """SD3's joint attention written out from the module's projections (diffusers'
+    `JointAttnProcessor2_0`: image tokens first, then text): the image queries' probabilities on the
+    text keys, (batch, heads, image tokens, text tokens)."""
+
+    def by_head(x: torch.Tensor, norm: torch.nn.Module | None) -> torch.Tensor:
+        x = x.unflatten(-1, (attention.heads, -1)).transpose(1, 2)  # (batch, heads, tokens, head dim)
+        return x if norm is None else norm(x)
+
+    query = by_head(attention.to_q(hidden_states), attention.norm_q)
+    key = torch.cat([by_head(attention.to_k(hidden_states), attention.norm_k),
+                     by_head(attention.add_k_proj(encoder_hidden_states), attention.norm_added_k)], dim=2)
+    probs = (query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5).softmax(-1)
+    return probs[..., hidden_states.shape[1]:]

@@ -13,11 +13,16 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 import interp
 from interp.errors import AttentionCaptureError, SubjectNotFoundError, UnknownSiteError
 from interventions.attention_eval import MAP_SEED, generate_cases, map_scenes, score_cases, segmentation_iou
-from interventions.attention_maps import attention_maps, binarize, cross_attention_layers, normalise
+from interventions.attention_maps import (
+    JOINT_KERNELS, attention_maps, binarize, cross_attention_layers, normalise, token_positions,
+)
 from interventions.evaluate import generate_units
-from models.testing import dummy_if_pipeline, dummy_pixart_pipeline, dummy_sd3_pipeline, dummy_sdxl_pipeline
+from models.testing import (
+    dummy_flux_pipeline, dummy_if_pipeline, dummy_pixart_pipeline, dummy_sd3_pipeline, dummy_sdxl_pipeline,
+)
 from models.tiny import COLORS, Scene
 from models.tiny.scenes import object_mask, render
+from tests.reference_hooks import joint_text_probs
 from viz.attention import attention_heatmaps, attention_layers
 
 PROMPT = "a red circle in the style of van gogh"
@@ -130,9 +135,45 @@ def test_other_families_with_text_keys(build) -> None:
     assert maps.heatmap(3).shape == (1, *other.default_size())
 
 
-def test_joint_and_added_kv_attention_are_refused() -> None:
-    with pytest.raises(AttentionCaptureError, match="joint attention"):
-        attention_maps(interp.load(dummy_sd3_pipeline()), "a red circle", ["circle"], steps=2)
+@pytest.mark.parametrize("build, guidance", [(dummy_sd3_pipeline, 7.5), (dummy_flux_pipeline, 3.5)], ids=["sd3", "flux"])
+def test_joint_attention_maps_keep_the_users_processors_and_kernels(build, guidance) -> None:
+    joint = interp.load(build())
+    modules = [joint.denoiser.get_submodule(s.path) for s in joint.sites("cross-attn")]
+    originals = [m.processor for m in modules]
+    kernels = {k: getattr(k.module, k.name) for k in JOINT_KERNELS.values()}
+    offsets = joint.adapter.context_offsets(joint.pipe)
+    length = max(o + joint.adapter.token_length(joint.pipe, i) for i, o in offsets.items())
+    maps = attention_maps(joint, "a red circle", list(range(length)), seeds=(0, 1), steps=2, guidance_scale=guidance)
+    assert all(m.processor is o for m, o in zip(modules, originals))
+    assert all(getattr(k.module, k.name) is f for k, f in kernels.items())
+    assert maps.layers == tuple(s.name for s in joint.sites("cross-attn"))
+    for probs in maps.probs.values():  # the image queries' share on the text keys; the rest is on image keys
+        assert probs.shape[-1] == length and probs.shape[3:5] == (4, 4)
+        assert ((probs.sum(-1) > 0) & (probs.sum(-1) < 1)).all()
+    plain = generate_units(joint, [("a red circle", 0), ("a red circle", 1)], steps=2, guidance_scale=guidance)
+    assert (maps.images - plain).abs().max() < 1e-4  # explicit softmax vs the kernel: float rounding only
+    words = token_positions(joint, "a red circle", ["circle"])["circle"]  # found in every token stream
+    assert [sum(o <= p < o + joint.adapter.token_length(joint.pipe, i) for p in words)
+            for i, o in offsets.items()] == [1] * len(offsets)
+
+
+def test_joint_attention_probabilities_equal_a_written_out_reference() -> None:
+    sd3 = interp.load(dummy_sd3_pipeline())
+    site = sd3.sites("cross-attn")[0]
+    attention = sd3.denoiser.get_submodule(site.path)
+    seen = []
+    handle = attention.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    try:
+        maps = attention_maps(sd3, "a red circle", ["circle", "red"], seeds=(0, 1), steps=2, layers=[site.name])
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        reference = joint_text_probs(attention, seen[-1]["hidden_states"], seen[-1]["encoder_hidden_states"])
+    cond = reference[2:, ..., list(maps.positions)]  # [uncond, uncond, cond, cond]: the cond rows
+    assert torch.allclose(maps.probs[site.name][-1].flatten(2, 3), cond, atol=1e-6)
+
+
+def test_added_kv_attention_is_refused() -> None:
     with pytest.raises(AttentionCaptureError, match="AttnAddedKVProcessor"):
         attention_maps(interp.load(dummy_if_pipeline()), "a red circle", ["circle"], steps=2)
 
