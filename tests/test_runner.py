@@ -1,7 +1,11 @@
 """The runner: exactness against plain diffusers and torch hooks, batching, failures, errors."""
 
+from contextlib import contextmanager
+
 import pytest
 import torch
+
+from interp import runner
 
 from interp.errors import GraphValidationError, MissingRunError, TokenRangeError, UnknownSiteError
 from interp.graph import Add, Capture, Graph, Noise, Restore, Run, Scale, Set, Swap, Zero
@@ -151,6 +155,25 @@ def test_failure_half_way_leaves_no_hook_and_same_outputs(model, monkeypatch):
             assert not module._forward_hooks and not module._forward_pre_hooks
             assert "forward" not in module.__dict__ and "__nnsight__" not in module.__dict__
     assert torch.equal(generate(model, [PROMPT], [0], STEPS), before)
+
+
+def test_only_the_hooked_modules_are_instrumented(model, monkeypatch):
+    """nnsight wraps the hooked modules (below the runner's root, `points.N`), not their submodules."""
+    instrumented: list[str] = []
+    plain = runner._instrumented
+
+    @contextmanager
+    def spying(root):
+        with plain(root):
+            yield
+            instrumented.extend(name for name, m in root.named_modules() if "__nnsight__" in m.__dict__)
+
+    monkeypatch.setattr(runner, "_instrumented", spying)
+    resnet, attention = model.site("mid-resnet-0"), model.site("up-1-cross-attn-0")
+    ops = [Capture(resnet.name), Capture(f"{attention.name}.head-0"), Zero(attention.name)]
+    run(model, Graph([Run("x", PROMPT, steps=STEPS, ops=ops)]), progress=False)
+    assert set(instrumented) <= {"", "points", "points.0", "points.1", "points.1.to_out", "points.1.to_out.0"}
+    assert {"points.0", "points.1", "points.1.to_out.0"} <= set(instrumented)
 
 
 def test_errors_of_their_own_type(model):
