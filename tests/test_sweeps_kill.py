@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Protocol
 
 import pytest
 import torch
+from tqdm import tqdm
 
 from interp.sweeps import SweepStore
 from interventions import sweep_recipes
@@ -88,12 +90,25 @@ def _reference(tmp_path: Path):
     return rows, plan, unit_results(tmp_path / "reference"), unit_seconds
 
 
+def _resume_in_fork(plan, out: Path) -> None:
+    """A forked driver's body: its own tqdm locks first. tqdm's write lock includes a semaphore the fork
+    shares with this process, so a driver SIGKILLed while holding it (in any progress bar, even a
+    disabled one) would leave every later bar here waiting for good; its thread lock, copied while
+    tqdm's monitor thread holds it, would stay locked in the child too."""
+    lock, classes = threading.RLock(), [tqdm]
+    while classes:  # every bar class that keeps a lock of its own (tqdm.auto's, huggingface_hub's, ...)
+        cls = classes.pop()
+        classes += cls.__subclasses__()
+        if cls is tqdm or "_lock" in cls.__dict__:
+            cls.set_lock(lock)
+    sweep_recipes.run_sweep(plan, out, resume=True, progress=False)
+
+
 def fork_driver(plan, out: Path) -> Callable[[], multiprocessing.Process]:
     """Starts a forked copy of this process (no start-up cost) that resumes `plan` into `out`."""
 
     def start() -> multiprocessing.Process:
-        driver = multiprocessing.get_context("fork").Process(
-            target=sweep_recipes.run_sweep, args=(plan, out), kwargs={"resume": True, "progress": False})
+        driver = multiprocessing.get_context("fork").Process(target=_resume_in_fork, args=(plan, out))
         driver.start()
         return driver
 
