@@ -47,12 +47,12 @@ def test_tiny_defaults_key_names_in_every_phrasing_and_keep_plain_scenes() -> No
     assert "lam" not in edit_defaults.options("locoedit", ["wumbo"], "a circle")
 
 
-def test_tiny_locoedit_style_keys_name_subjects_in_every_styled_phrasing() -> None:
-    """LoCoEdit's style keys add every preserved subject in each styled phrasing, its targets are the
-    key's own template with the new concept, and its positions run from the subject on; DiffQuickFix
-    keeps the bare phrasings."""
+def test_tiny_style_keys_name_subjects_in_every_styled_phrasing() -> None:
+    """Style keys add every preserved subject in each styled phrasing; LoCoEdit's targets are the
+    key's own template with the new concept, and its positions run from the subject on; DiffQuickFix's
+    style edits also keep every object in both counts in the other styles, at LoCoEdit's weight."""
     from models.tiny import edit_defaults
-    from models.tiny.scenes import OBJECTS, STYLE_TEMPLATES
+    from models.tiny.scenes import COUNTS, OBJECTS, STYLE_TEMPLATES, STYLES, parse_caption
 
     loco = edit_defaults.options("locoedit", ["monet"], "painting")
     assert loco["target_prompt"] is None and loco["positions"] == "from-subject"
@@ -62,5 +62,11 @@ def test_tiny_locoedit_style_keys_name_subjects_in_every_styled_phrasing() -> No
                   {template.format(subject=x, style="{}") for x in edit_defaults._SUBJECTS}]
         assert {o for o in OBJECTS if any(o in t for t in filled)} == set(OBJECTS), template
     dqf = edit_defaults.options("diffquickfix", ["monet"], "painting")
-    assert dqf["templates"] == edit_defaults.STYLE_KEYS and dqf["preserve_weight"] == edit_defaults.DQF_PRESERVE_WEIGHT
-    assert loco["preserve_weight"] == edit_defaults.PRESERVE_WEIGHT
+    assert dqf["templates"] == loco["templates"] and dqf["preserve_weight"] == loco["preserve_weight"] == 1.0
+    assert set(loco["preserve"]) < set(dqf["preserve"])
+    kept = [parse_caption(p) for p in dqf["preserve"] if p not in loco["preserve"]]
+    assert {(a["style"], a["object"], a["count"]) for a in kept} | {
+        (a["style"], a["object"], a["count"]) for a in map(parse_caption, loco["preserve"])
+        if a.get("mark", "none") == "none" and a["object"] in OBJECTS} >= {
+        (s, o, c) for s in STYLES if s != "monet" for o in OBJECTS for c in COUNTS}
+    assert all(a["style"] != "monet" for a in kept)

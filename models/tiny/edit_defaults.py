@@ -13,16 +13,20 @@ from collections.abc import Sequence
 from models.tiny.scenes import CHARACTERS, COLORS, COUNTS, NAMED, OBJECTS, STYLE_TEMPLATES, STYLES, Scene, caption, templates_of
 
 STYLE_KEYS = ("in the style of {}", "a painting by {}", "a {} painting of a circle")
-# LoCoEdit reads the text encoder's last states, where a style has spread over the subject's words
-# too: its keys also name subjects, every preserved one in each of the world's styled phrasings
-# (monet at LoCoGen's window: 55% left with the bare keys, 0% with these; seed-0 trials, 64 images)
+# A style's keys also name subjects, every preserved one in each of the world's styled phrasings: the
+# text encoder's states have spread the style over the subject's words (LoCoEdit at LoCoGen's window: monet
+# 55% left with the bare keys, 0% with these; seed-0 trials, 64 images), and for DiffQuickFix's layer-0
+# update the bare keys left monet on 8.6% / 10.9% after the two-style edit (seeds 0 / 5000).
 # a name's keys: plain, neutral, and the world's three styled phrasings in one style (pollock), so the
 # other styles' phrasings stay held out for the evaluation's generalization group
 NAME_KEYS = ("{}", "a picture of {}", "{} in the style of pollock", "a painting of {} by pollock", "a pollock painting of {}")
-PRESERVE_WEIGHT = 1.0  # LoCoEdit's (its docs/edits were made with it); 10 stops a fact update from taking
-# DiffQuickFix preserves at a quarter of that weight, styles, characters and facts alike, chosen on trials of
-# 128 images at evaluation seeds 0 and 5000 (the README's numbers are from seed 1000):
-# - monet left on 10.2% at weight 1, 5.5% at 0.5, 3.9% at 0.25 (seed 0), neighbours within 1 point;
+PRESERVE_WEIGHT = 1.0  # styles' (both editors); 10 stops a fact update from taking
+# DiffQuickFix's style edits also keep every object in both counts in each other style: with the subject keys
+# alone the two-style edit cost neighbour objects 8.6 / 13.2 points; with these at weight 1, monet 3.9% / 9.4%
+# left and neighbour objects -3.9 / -2.3 (at weight 0.25: 2.3% / 6.2%, -5.5 / -3.1); alone (seed 0), van gogh
+# 0% and monet 2.3%, neighbours within 2.4 points (trials of 128 images at evaluation seeds 0 / 5000; the
+# README's numbers are from seed 1000).
+# DiffQuickFix's names (characters and facts) are kept at a quarter of that weight, chosen on the same trials:
 # - the fact update's new value on paraphrases 70-77% at weight 1, 89% at 0.5, 90-91% at 0.25 (both seeds),
 #   neighbour objects -2.3 points at 0.25 (seed 0) and +3.1 (seed 5000) against weight 1;
 # - wumbo's mark 5.5% / 8.6% at weight 0.5 (seeds 0 / 5000), 3.9% / 7.0% at 0.25.
@@ -44,14 +48,20 @@ def _plain_scenes() -> list[str]:
     return [caption(s, t) for s in scenes for t in range(len(templates_of(s)))]
 
 
-def key_templates(olds: Sequence[str], method: str = "diffquickfix") -> tuple[str, ...]:
-    """Templates for the keys: a style's phrasings (for LoCoEdit with subjects too), or a name's
-    (character or fact)."""
+def key_templates(olds: Sequence[str]) -> tuple[str, ...]:
+    """Templates for the keys: a style's phrasings, bare and with every preserved subject in each
+    styled phrasing, or a name's (character or fact)."""
     if not all(o in STYLES for o in olds):
         return NAME_KEYS
-    if method == "locoedit":
-        return STYLE_KEYS + tuple(t.format(subject=x, style="{}") for t in STYLE_TEMPLATES for x in _SUBJECTS)
-    return STYLE_KEYS
+    return STYLE_KEYS + tuple(t.format(subject=x, style="{}") for t in STYLE_TEMPLATES for x in _SUBJECTS)
+
+
+def _every_object(styles: Sequence[str]) -> list[str]:
+    """Every object in both counts (colors rotating) in each of `styles` in every phrasing."""
+    colors = list(COLORS)
+    scenes = [Scene(o, colors[(2 * i + j + 3) % len(colors)], style, count)
+              for style in styles for i, o in enumerate(OBJECTS) for j, count in enumerate(COUNTS)]
+    return [caption(s, t) for s in scenes for t in range(len(templates_of(s)))]
 
 
 def preserved(olds: Sequence[str], news: Sequence[str] = ()) -> list[str]:
@@ -74,13 +84,17 @@ def preserved(olds: Sequence[str], news: Sequence[str] = ()) -> list[str]:
 def options(method: str, olds: Sequence[str], new: str) -> dict:
     """Keyword arguments of `diffquickfix.edit` / `locoedit.edit` (`method`) for this edit: key
     templates, preserved neighbours, their weight, key positions, for LoCoEdit targets in the key's
-    own template (DiffQuickFix's pairing), and for DiffQuickFix's characters, lambda."""
-    chosen = dict(templates=key_templates(olds, method), preserve=preserved(olds, [new]),
+    own template (DiffQuickFix's pairing), for DiffQuickFix's styles every object kept in the other
+    styles, and for its characters, lambda."""
+    chosen = dict(templates=key_templates(olds), preserve=preserved(olds, [new]),
                   preserve_weight=PRESERVE_WEIGHT, positions=POSITIONS[method])
     if method == "locoedit":
         chosen["target_prompt"] = None
-        return chosen
-    chosen["preserve_weight"] = DQF_PRESERVE_WEIGHT
-    if all(o in CHARACTERS for o in olds):
-        chosen["lam"] = CHARACTER_LAM
+    elif all(o in STYLES for o in olds):
+        chosen["preserve"] += [p for p in _every_object([s for s in STYLES if s not in olds])
+                               if p not in chosen["preserve"]]
+    else:
+        chosen["preserve_weight"] = DQF_PRESERVE_WEIGHT
+        if all(o in CHARACTERS for o in olds):
+            chosen["lam"] = CHARACTER_LAM
     return chosen
