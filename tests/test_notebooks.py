@@ -12,12 +12,10 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from models.tiny import JUDGE_PATH, WEIGHTS_DIR
+from tests.conftest import tiny_built
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-tiny_built = pytest.mark.skipif(not (WEIGHTS_DIR / "model_index.json").is_file() or not JUDGE_PATH.is_file(),
-                                reason="the bundled tiny model is not built (python -m models.tiny.train)")
 
 
 def test_the_seven_walkthroughs_exist():
