@@ -8,10 +8,10 @@ Capture. For the length of one generation, each chosen cross-attention layer (th
 the text: UNet `attn2`, PixArt's `attn2`) gets a capturing processor: diffusers' own `AttnProcessor`,
 which computes the attention probabilities explicitly (softmax(QKᵀ/√d), then P·V), with a recorder
 that keeps, for the chosen tokens, the conditional branch's probabilities per denoiser call, head and
-image position. Joint attention (SD3's blocks, FLUX's double-stream blocks: one softmax over the
-image and text tokens together) keeps the user's processor, whose attention kernel is swapped for
-the call by an explicit one (`JOINT_KERNELS`); the map is the image queries' probabilities on the
-text keys. Every other layer keeps the user's processor (SDPA by default). Afterwards, even
+image position. Joint attention (SD3's blocks, FLUX's double- and single-stream blocks: one softmax
+over the image and text tokens together) keeps the user's processor, whose attention kernel is
+swapped for the call by an explicit one (`JOINT_KERNELS`); the map is the image queries'
+probabilities on the text keys. Every other layer keeps the user's processor (SDPA by default). Afterwards, even
 when the run fails, every module holds the very processor object it had. The captured layers'
 outputs are the explicit path's, equal to SDPA's up to float rounding (the tests bound the image
 difference). Only the chosen tokens are kept (a multi-token phrase keeps each of its positions).
@@ -95,34 +95,39 @@ class CapturingProcessor(AttnProcessor):
 class JointKernel:
     """How a joint-attention processor class attends: the module global its kernel is looked up
     under (swapped for the call), whether the kernel takes (batch, heads, tokens, dim) as torch's SDPA
-    or (batch, tokens, heads, dim), and whether the text tokens come before the image's."""
+    or (batch, tokens, heads, dim), whether the text tokens come before the image's, and whether a
+    layer of it without text projections of its own (`add_k_proj`) reads a sequence that already
+    holds the text (FLUX's single-stream blocks; SD3.5's second attention reads the image alone)."""
 
     module: ModuleType
     name: str
     heads_first: bool
     text_first: bool
+    single_stream: bool = False
 
 
 JOINT_KERNELS = {
     JointAttnProcessor2_0: JointKernel(F, "scaled_dot_product_attention", heads_first=True, text_first=False),  # SD3
-    FluxAttnProcessor: JointKernel(transformer_flux, "dispatch_attention_fn", heads_first=False, text_first=True),
+    FluxAttnProcessor: JointKernel(transformer_flux, "dispatch_attention_fn", heads_first=False, text_first=True,
+                                   single_stream=True),
 }
 
 
 class JointCapturingProcessor:
     """The user's joint-attention processor, run with its kernel swapped, for the call, for an
     explicit softmax(QKᵀ·scale)·V that hands the image queries' probabilities on the text keys
-    ((batch * heads, image tokens, text tokens)) to `keep`."""
+    ((batch * heads, image tokens, text tokens)) to `keep`. The text is the call's
+    `encoder_hidden_states`, or in a single-stream layer the first `text_tokens` of its sequence."""
 
-    def __init__(self, inner: object, kernel: JointKernel, keep: Callable[[torch.Tensor], None]) -> None:
-        self.inner, self.kernel, self.keep = inner, kernel, keep
+    def __init__(self, inner: object, kernel: JointKernel, keep: Callable[[torch.Tensor], None],
+                 text_tokens: int | None = None) -> None:
+        self.inner, self.kernel, self.keep, self.text_tokens = inner, kernel, keep, text_tokens
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
-        if encoder_hidden_states is None:
-            raise AttentionCaptureError(
-                "a joint attention called without text tokens (a single-stream block) has no text part to map"
-            )
-        text, kernel = encoder_hidden_states.shape[1], self.kernel
+        text = self.text_tokens if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        if text is None:
+            raise AttentionCaptureError("a joint attention was called without text tokens: nothing to map")
+        kernel = self.kernel
 
         def explicit(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
             if dropout_p or is_causal:
@@ -149,10 +154,10 @@ class JointCapturingProcessor:
 
 
 def cross_attention_layers(model: Model, layers: Sequence[str | Site] | None = None) -> list[Site]:
-    """The cross-attention sites to capture (default: every one, in forward order), each checked to be
-    a diffusers attention module that reads the text through its own keys with a plain processor, or
-    a joint attention whose processor `JOINT_KERNELS` knows."""
-    readers = [s for s in model.sites("cross-attn") if _reads_text(model, s) or _joint(model, s)]
+    """The attention sites to capture (default: every one that reads the text, in forward order), each
+    checked to be a diffusers attention module that reads the text through its own keys with a plain
+    processor, or a joint (or single-stream) attention whose processor `JOINT_KERNELS` knows."""
+    readers = [s for s in model.sites() if _reads_text(model, s) or _joint(model, s) or _single_stream(model, s)]
     if not readers:
         raise AttentionCaptureError(
             f"{model.adapter.family} has no cross-attention or joint-attention layers that read the text as keys; "
@@ -160,13 +165,13 @@ def cross_attention_layers(model: Model, layers: Sequence[str | Site] | None = N
         )
     sites = readers if layers is None else [model.site(layer) for layer in layers]
     for site in sites:
-        if site.kind != "cross-attn" or not (_reads_text(model, site) or _joint(model, site)):
+        if site not in readers:
             raise AttentionCaptureError(
                 f"{site.name} is not a cross-attention layer that reads the text through its own keys; choose "
                 f"among {[s.name for s in readers]}"
             )
         processor = _module(model, site).processor
-        known = tuple(JOINT_KERNELS) if _joint(model, site) else PLAIN_PROCESSORS
+        known = tuple(JOINT_KERNELS) if _joint(model, site) or _single_stream(model, site) else PLAIN_PROCESSORS
         if not isinstance(processor, known):
             raise AttentionCaptureError(
                 f"{site.name} runs {type(processor).__name__}, whose output the capture's plain softmax attention "
@@ -185,8 +190,20 @@ def _reads_text(model: Model, site: Site) -> bool:
 def _joint(model: Model, site: Site) -> bool:
     """Whether `site` is a joint attention: its own projections of the text (`add_k_proj`) join the
     image tokens' keys in one softmax."""
+    if site.kind != "cross-attn":
+        return False
     module = _module(model, site)
     return getattr(module, "add_k_proj", None) is not None and not getattr(module, "is_cross_attention", False)
+
+
+def _single_stream(model: Model, site: Site) -> bool:
+    """Whether `site` is a single-stream attention: one sequence of text then image tokens, read by a
+    processor class whose `JointKernel` says its layers without text projections hold the text."""
+    if site.kind != "self-attn" or site.component != model.adapter.denoiser:
+        return False
+    module = _module(model, site)
+    kernel = JOINT_KERNELS.get(type(getattr(module, "processor", None)))
+    return kernel is not None and kernel.single_stream and getattr(module, "add_k_proj", None) is None
 
 
 def _module(model: Model, site: Site) -> torch.nn.Module:
@@ -205,8 +222,13 @@ def capturing(
     try:
         for (site, module), original in zip(modules, originals):
             kept = keep(site, module.heads)
-            kernel = JOINT_KERNELS.get(type(original)) if _joint(model, site) else None
-            module.processor = JointCapturingProcessor(original, kernel, kept) if kernel else CapturingProcessor(kept)
+            if _joint(model, site):
+                module.processor = JointCapturingProcessor(original, JOINT_KERNELS[type(original)], kept)
+            elif _single_stream(model, site):
+                module.processor = JointCapturingProcessor(original, JOINT_KERNELS[type(original)], kept,
+                                                           text_tokens=context_length(model))
+            else:
+                module.processor = CapturingProcessor(kept)
         yield
     finally:
         for (_, module), original in zip(modules, originals):
@@ -313,9 +335,8 @@ def token_positions(model: Model, prompt: str, tokens: Sequence[Token]) -> dict[
         tokens = [tokens]
     if not tokens:
         raise AttentionCaptureError("name at least one token of the prompt, e.g. tokens=['circle']")
-    streams = sorted((offset, index, model.adapter.token_length(model.pipe, index))
-                     for index, offset in model.adapter.context_offsets(model.pipe).items())
-    length = max(offset + n for offset, _, n in streams)
+    streams = _streams(model)
+    length = context_length(model)
     out: dict[str, tuple[int, ...]] = {}
     for token in tokens:
         if isinstance(token, int):
@@ -331,6 +352,17 @@ def token_positions(model: Model, prompt: str, tokens: Sequence[Token]) -> dict[
             out[token] = tuple(offset + p for offset, index, _ in streams
                                for p in model.locate(prompt, token, index).positions)
     return out
+
+
+def _streams(model: Model) -> list[tuple[int, int, int]]:
+    """(offset, tokenizer index, length) of each token stream of the context, in order."""
+    return sorted((offset, index, model.adapter.token_length(model.pipe, index))
+                  for index, offset in model.adapter.context_offsets(model.pipe).items())
+
+
+def context_length(model: Model) -> int:
+    """How many text tokens the denoiser's attention layers read (every stream of the context)."""
+    return max(offset + n for offset, _, n in _streams(model))
 
 
 class _Store:

@@ -138,7 +138,8 @@ def test_other_families_with_text_keys(build) -> None:
 @pytest.mark.parametrize("build, guidance", [(dummy_sd3_pipeline, 7.5), (dummy_flux_pipeline, 3.5)], ids=["sd3", "flux"])
 def test_joint_attention_maps_keep_the_users_processors_and_kernels(build, guidance) -> None:
     joint = interp.load(build())
-    modules = [joint.denoiser.get_submodule(s.path) for s in joint.sites("cross-attn")]
+    readers = [s for s in joint.sites() if s.kind == "cross-attn" or s.name.startswith("single-") and s.kind == "self-attn"]
+    modules = [joint.denoiser.get_submodule(s.path) for s in readers]
     originals = [m.processor for m in modules]
     kernels = {k: getattr(k.module, k.name) for k in JOINT_KERNELS.values()}
     offsets = joint.adapter.context_offsets(joint.pipe)
@@ -146,7 +147,7 @@ def test_joint_attention_maps_keep_the_users_processors_and_kernels(build, guida
     maps = attention_maps(joint, "a red circle", list(range(length)), seeds=(0, 1), steps=2, guidance_scale=guidance)
     assert all(m.processor is o for m, o in zip(modules, originals))
     assert all(getattr(k.module, k.name) is f for k, f in kernels.items())
-    assert maps.layers == tuple(s.name for s in joint.sites("cross-attn"))
+    assert maps.layers == tuple(s.name for s in readers)  # FLUX: double- then single-stream blocks
     for probs in maps.probs.values():  # the image queries' share on the text keys; the rest is on image keys
         assert probs.shape[-1] == length and probs.shape[3:5] == (4, 4)
         assert ((probs.sum(-1) > 0) & (probs.sum(-1) < 1)).all()
