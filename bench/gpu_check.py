@@ -22,7 +22,12 @@ the real widths) and dtype (float16, bfloat16), on `--device`:
               process's RSS high-water mark above its RSS before (`bench.memory.measure_model`) in a
               process that already ran the other checks, so freed heap it reuses makes it low:
               reported, never a verdict; target within 25%;
-  7 offload   `enable_model_cpu_offload()`: plain generations before and after a runner call are
+  7 attention cross-attention maps (`interventions.attention_maps`) of the first and last
+              cross-attention layers, every token position: the image equals a plain run within the
+              dtype's tolerance (the captured layers compute softmax explicitly instead of the
+              device's SDPA kernel), each query's probabilities sum to 1, and every layer keeps its
+              processor object;
+  8 offload   `enable_model_cpu_offload()`: plain generations before and after a runner call are
               equal, the runner equals the plain pipeline under offload, and accelerate's hooks are
               still there (last for each model: it moves the pipeline to the CPU).
 
@@ -73,11 +78,12 @@ from interp.editing import solve_closed_form
 from interp.graph import Capture, Graph, Noise, Restore, Run
 from interp.runner import run
 from interventions import diffquickfix, locoedit
+from interventions.attention_maps import attention_maps, cross_attention_layers
 from models.testing import dummy_sd_pipeline, dummy_sdxl_pipeline
 
 PROMPT, SUBJECT = "a photo of a cat in the style of van gogh", "van gogh"
 OLD, NEW = "van gogh", "painting"
-CHECKS = ("noop", "restore", "batched", "overhead", "edits", "memory", "offload")
+CHECKS = ("noop", "restore", "batched", "overhead", "edits", "memory", "attention", "offload")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Largest |pixel difference| (images in [0, 1]) between a batched trace and one generation per
 # site: batch size changes the kernels' reduction order, and the steps carry the rounding on.
@@ -320,6 +326,21 @@ def check_memory(model: interp.Model, s: Setup) -> Iterator[Row]:
               f"not a verdict; bench.memory measures in fresh processes)")
 
 
+def check_attention(model: interp.Model, s: Setup) -> Iterator[Row]:
+    readers = cross_attention_layers(model)
+    layers = [readers[0].name, readers[-1].name]
+    processors = {site.name: model.denoiser.get_submodule(site.path).processor for site in readers}
+    maps = attention_maps(model, PROMPT, list(range(model.max_length)), layers=layers, steps=s.steps)
+    plain = run(model, Graph([Run("plain", PROMPT, steps=s.steps)]), progress=False).images["plain"]
+    worst = largest_difference(maps.images[0], plain)
+    mass = max((probs.sum(-1) - 1).abs().max().item() for probs in maps.probs.values())
+    kept = all(model.denoiser.get_submodule(site.path).processor is processors[site.name] for site in readers)
+    tolerance = IMAGE_TOLERANCE[s.dtype]
+    yield Row("7 attention maps", verdict(worst <= tolerance and mass <= 1e-2 and kept),
+              f"max |captured - plain| {worst:.1e} (tolerance {tolerance:.0e}); largest |sum of a query's "
+              f"probabilities - 1| {mass:.1e}; processors kept: {kept}; layers {', '.join(layers)}")
+
+
 def check_offload(model: interp.Model, s: Setup) -> Iterator[Row]:
     pipe = model.pipe
 
@@ -340,7 +361,7 @@ def check_offload(model: interp.Model, s: Setup) -> Iterator[Row]:
     ours = torch.stack([ours["clean"], ours["restored"]]).cpu()
     ok = (torch.equal(before, offloaded) and torch.equal(offloaded, after) and torch.equal(ours, after)
           and hooked and home == {"cpu"})
-    yield Row("7 cpu offload", verdict(ok),
+    yield Row("8 cpu offload", verdict(ok),
               f"max |offloaded - plain| {largest_difference(offloaded, before):.1e}, |after - before run| "
               f"{largest_difference(after, offloaded):.1e}, |runner - pipe| {largest_difference(ours, after):.1e}"
               f"; hooks kept: {hooked}; denoiser weights on {sorted(home)} after the run"
@@ -349,7 +370,7 @@ def check_offload(model: interp.Model, s: Setup) -> Iterator[Row]:
 
 CHECK_FUNCTIONS: dict[str, Callable[[interp.Model, Setup], Iterator[Row]]] = {
     "noop": check_noop, "restore": check_restore, "batched": check_batched, "overhead": check_overhead,
-    "edits": check_edits, "memory": check_memory, "offload": check_offload,
+    "edits": check_edits, "memory": check_memory, "attention": check_attention, "offload": check_offload,
 }
 
 

@@ -17,17 +17,18 @@ def rows(output: str) -> dict[str, str]:
     """check -> status, from the printed table."""
     found = {}
     for line in output.splitlines():
-        for check in ("1 noop: no ops", "1 noop: captures only", "2 restore every site", "7 cpu offload"):
+        for check in ("1 noop: no ops", "1 noop: captures only", "2 restore every site", "7 attention maps",
+                      "8 cpu offload"):
             if check in line:
                 found[check] = line.split(check)[1].split()[0]
     return found
 
 
 def test_exactness_checks_pass_on_the_small_pipeline(capsys):
-    assert gpu_check.main([*small(), "--checks", "noop", "restore", "offload"]) == 0
+    assert gpu_check.main([*small(), "--checks", "noop", "restore", "attention", "offload"]) == 0
     assert rows(capsys.readouterr().out) == {
         "1 noop: no ops": "pass", "1 noop: captures only": "pass", "2 restore every site": "pass",
-        "7 cpu offload": "pass",
+        "7 attention maps": "pass", "8 cpu offload": "pass",
     }
 
 
