@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import interp.quiet  # noqa: F401  (first: a quiet start, before diffusers imports its image processors)
 from diffusers import StableDiffusionPipeline
 from transformers import CLIPModel, CLIPTokenizer
 
