@@ -24,6 +24,8 @@ lane2() {
   interp edit locoedit --old monet --new painting $(layers $MONET_LAYERS) --save $EDITS/locoedit_monet.safetensors && interp evaluate --seed $SEED $EDITS/locoedit_monet.safetensors --no-controls --out $OUT/locoedit_monet
   interp edit locoedit --old "van gogh" --old monet --new painting "${BOTH[@]}" --save $EDITS/locoedit_both.safetensors && interp evaluate --seed $SEED $EDITS/locoedit_both.safetensors --no-controls --out $OUT/locoedit_both
   interp edit diffquickfix --old "the king of zembla" --old "the ruler of zembla" --new "the king of vardo" --save $EDITS/dqf_king.safetensors && interp evaluate --seed $SEED $EDITS/dqf_king.safetensors --no-controls --out $OUT/dqf_king
+  # the fact's neighbour change sat at the 5-point line on 128 images: measured again on 384 from the same seed
+  interp evaluate --seed $SEED --images 384 --concept "the king of zembla" $EDITS/dqf_king.safetensors --no-controls --out $OUT/dqf_king_384
 }
 (time lane1) > logs/lane1.log 2>&1 &
 (time lane2) > logs/lane2.log 2>&1 &
