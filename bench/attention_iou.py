@@ -8,7 +8,8 @@ Prints, with 95% intervals and n:
                  object's mask, over generated images the judge reads right; the color and style
                  words' and the end-of-text token's maps; the controls (another image's mask, the
                  mean map as a fixed prior); the peak-inside rate; the same rows for the EOS map;
-                 and per layer, the map's IoU and its complement's;
+                 per layer, the map's IoU and its complement's; and by stage of denoising (the maps
+                 summed over steps 0-4, 5-14, 15-24 only);
   two objects  - the same on "two red circles" scenes (the world's only two-object scenes are two
                  copies of one object) and whether the map covers at least half of each copy.
 
@@ -27,6 +28,9 @@ import interp
 from interp import stats
 from interventions.attention_eval import MapCase, generate_cases, iou, map_scenes, score_cases, segmentation_iou
 from interventions.attention_maps import binarize
+
+
+STAGES = (range(0, 5), range(5, 15), range(15, 25))  # early, middle and late steps of the 25
 
 
 def per_layer(cases: list[MapCase], rule: str, role: str) -> list[str]:
@@ -67,6 +71,13 @@ def main() -> None:
         for role in ("object", "eos"):
             print(f" per layer, {role} (otsu):")
             print("\n".join(per_layer(cases, "otsu", role)))
+        if count == 1:
+            print(" by stage of denoising (otsu; the same images, maps summed over these steps only):")
+            for stage in STAGES:
+                staged = generate_cases(model, map_scenes(count, args.scenes), seeds=range(args.seeds), map_steps=stage)
+                lines = [line for line in score_cases(staged, "otsu").lines()
+                         if line.startswith(("IoU(object map", "IoU(eos map"))]
+                print(f"  steps {stage[0]}-{stage[-1]}: " + "; ".join(lines))
 
 
 if __name__ == "__main__":
