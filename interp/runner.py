@@ -7,12 +7,13 @@ operations share a row) and the empty prompt once; the denoiser sees the classif
 target row inside the same forward pass, so one denoising loop serves many restored sites.
 
 nnsight wraps only the hooked modules (`_outermost` roots them, `_Lazy` leaves their other submodules
-unwrapped), so the rest of the pipeline runs untouched. Every read and write happens in a traced forward in module order: text-encoder sites first, then,
-at each denoising step, the denoiser's hook points sorted by their place in a forward pass. Head and
-neuron sites (and ops with `heads=` / `units=`) act on columns of the last dim of their hook point
-(an out projection's input, a key/value projection's output): the selected rows are read, the
-columns changed, and the rows written back. A swapped head's key/value slices are the projections of
-the target prompt's text, computed before the trace.
+unwrapped), so the rest of the pipeline runs untouched. Every read and write happens in a traced
+forward in module order: text-encoder sites first, then, at each denoising step, the denoiser's hook
+points sorted by their place in a forward pass. Head and neuron sites (and ops with `heads=` /
+`units=`) act on columns of the last dim of their hook point (an out projection's input, a key/value
+projection's output): the selected rows are read, the columns changed, and the rows written back. A
+swapped head's key/value slices are the projections of the target prompt's text, computed before the
+trace.
 """
 
 from __future__ import annotations

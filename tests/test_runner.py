@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from interp import runner
-
 from interp.errors import GraphValidationError, MissingRunError, TokenRangeError, UnknownSiteError
 from interp.graph import Add, Capture, Graph, Noise, Restore, Run, Scale, Set, Swap, Zero
 from interp.runner import run

@@ -91,8 +91,8 @@ def options(method: str, olds: Sequence[str], new: str) -> dict:
     if method == "locoedit":
         chosen["target_prompt"] = None
     elif all(o in STYLES for o in olds):
-        chosen["preserve"] += [p for p in _every_object([s for s in STYLES if s not in olds])
-                               if p not in chosen["preserve"]]
+        others = [s for s in STYLES if s not in olds]
+        chosen["preserve"] = list(dict.fromkeys(chosen["preserve"] + _every_object(others)))
     else:
         chosen["preserve_weight"] = DQF_PRESERVE_WEIGHT
         if all(o in CHARACTERS for o in olds):
