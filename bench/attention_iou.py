@@ -10,10 +10,12 @@ Prints, with 95% intervals and n:
                  mean map as a fixed prior); the peak-inside rate; the same rows for the EOS map;
                  per layer, the map's IoU and its complement's; and by stage of denoising (the maps
                  summed over steps 0-4, 5-14, 15-24 only);
-  two objects  - the same on "two red circles" scenes (the world's only two-object scenes are two
-                 copies of one object) and whether the map covers at least half of each copy.
+  two copies   - the same on "two red circles" scenes, and whether the map covers at least half of
+                 each copy;
+  pairs        - "a red circle by a blue square" (two different objects, each found by its color):
+                 each object word's map against its own object and the other.
 
-Run: ``python -m bench.attention_iou [--scenes 48] [--seeds 2]``. Not a test (about 2 minutes).
+Run: ``python -m bench.attention_iou [--scenes 48] [--seeds 2] [--pairs 48]``. Not a test (about 4 minutes).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import torch
 
 import interp
 from interp import stats
-from interventions.attention_eval import MapCase, generate_cases, iou, map_scenes, score_cases, segmentation_iou
+from interventions.attention_eval import (
+    MapCase, generate_cases, generate_pair_cases, iou, map_pairs, map_scenes, score_cases, score_pairs, segmentation_iou,
+)
 from interventions.attention_maps import binarize
 
 
@@ -50,6 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=48, help="scenes per count")
     parser.add_argument("--seeds", type=int, default=2, help="generator seeds per scene")
+    parser.add_argument("--pairs", type=int, default=48, help="two-object pairs")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = interp.load("tiny")
@@ -61,7 +66,7 @@ def main() -> None:
     for count in (1, 2):
         start = time.perf_counter()
         cases = generate_cases(model, map_scenes(count, args.scenes), seeds=range(args.seeds))
-        print(f"\n{'one object' if count == 1 else 'two objects'}: {args.scenes} scenes x {args.seeds} seeds, "
+        print(f"\n{'one object' if count == 1 else 'two copies of one object'}: {args.scenes} scenes x {args.seeds} seeds, "
               f"25 steps, guidance 7.5 ({time.perf_counter() - start:.0f} s)")
         for rule in ("otsu", "mean", 0.4):
             print(f" object word, threshold {rule}{' (primary)' if rule == 'otsu' else ''}:")
@@ -78,6 +83,13 @@ def main() -> None:
                 lines = [line for line in score_cases(staged, "otsu").lines()
                          if line.startswith(("IoU(object map", "IoU(eos map"))]
                 print(f"  steps {stage[0]}-{stage[-1]}: " + "; ".join(lines))
+
+    start = time.perf_counter()
+    pairs = generate_pair_cases(model, map_pairs(args.pairs), seeds=range(args.seeds))
+    print(f"\npairs of different objects: {args.pairs} pairs x {args.seeds} seeds ({time.perf_counter() - start:.0f} s)")
+    for rule in ("otsu", "mean", 0.4):
+        print(f" threshold {rule}{' (primary)' if rule == 'otsu' else ''}:")
+        print("\n".join(f"  {line}" for line in score_pairs(pairs, rule).lines()))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,11 @@ count. Each map is thresholded (`binarize`: Otsu by default) and compared with t
 - the same map against another image's mask (same count: a map that ignores where the object is
   scores as well there) and the mean map of all images against each mask (a fixed prior);
 - whether the map's peak lies inside the mask;
-- two-object scenes (the world's are two copies of one object, "two red circles"): whether the map
-  covers at least half of each copy.
+- two copies of one object ("two red circles"): whether the map covers at least half of each copy;
+- pairs of different objects ("a red circle by a blue square", `models.tiny.pairs`), each object
+  found by its color: whether each object word's map overlaps its own object more than the other
+  (`generate_pair_cases`, `score_pairs`). The judge reads one-object scenes only, so a pair counts
+  when both its colors are drawn (`models.tiny.pairs.drawn`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from interp import stats
 from interp.model import Model
 from interventions.attention_maps import attention_maps, binarize, normalise
 from models.tiny import CAPTIONED, COLORS, OBJECTS, PLURALS, STYLES, Scene, caption, judge_images, templates_of
+from models.tiny.pairs import PAIR_TEMPLATES, Pair, color_masks, drawn, pair_caption, random_pair
 from models.tiny.scenes import colored_mask, object_mask, render
 from models.tiny.tensors import as_uint8
 
@@ -50,8 +54,12 @@ class MapCase:
 
     def heatmap(self, role: str, layers: Sequence[str] | None = None) -> torch.Tensor:
         """The role word's DAAM heatmap (H, W) over `layers` (default all captured)."""
-        maps = self.layer_maps[role]
-        return normalise(sum(maps[layer] for layer in (layers or maps)))
+        return summed(self.layer_maps[role], layers)
+
+
+def summed(maps: dict[str, torch.Tensor], layers: Sequence[str] | None = None) -> torch.Tensor:
+    """The DAAM heatmap (H, W) of one word's per-layer `maps` over `layers` (default all)."""
+    return normalise(sum(maps[layer] for layer in (layers or maps)))
 
 
 def map_scenes(count: int, n: int, seed: int = MAP_SEED) -> list[Scene]:
@@ -85,6 +93,81 @@ def generate_cases(model: Model, scenes: Sequence[Scene], seeds: Sequence[int], 
                    for role, word in words.items()}
             cases.append(MapCase(scene, prompt, int(s), right, colored_mask(images[i]), raw))
     return cases
+
+
+@dataclass
+class PairCase:
+    """One generated two-object image: its pair, prompt and seed, whether both colors are drawn,
+    each object's mask found by its color (2, H, W), and each object word's per-layer maps."""
+
+    pair: Pair
+    prompt: str
+    seed: int
+    right: bool
+    masks: np.ndarray
+    layer_maps: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
+
+
+def map_pairs(n: int, seed: int = MAP_SEED) -> list[Pair]:
+    """`n` random pairs of different objects and colors."""
+    rng = random.Random(seed + 3)
+    return [random_pair(rng) for _ in range(n)]
+
+
+def generate_pair_cases(model: Model, pairs: Sequence[Pair], seeds: Sequence[int], steps: int = 25,
+                        seed: int = MAP_SEED) -> list[PairCase]:
+    """Each pair captioned with a random template and generated at every seed, with both object
+    words' maps."""
+    rng = random.Random(seed)
+    cases = []
+    for pair in pairs:
+        prompt = pair_caption(pair, rng.randrange(len(PAIR_TEMPLATES)))
+        maps = attention_maps(model, prompt, list(pair.objects), seeds=seeds, steps=steps)
+        images = as_uint8(maps.images)
+        for i, s in enumerate(seeds):
+            raw = tuple({layer: maps.layer_map(word, layer)[i] for layer in maps.layers} for word in pair.objects)
+            cases.append(PairCase(pair, prompt, int(s), drawn(images[i], pair), color_masks(images[i], pair.colors), raw))
+    return cases
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """Whether each object word's map sits on its own object of a pair rather than the other."""
+
+    images: int  # generated
+    kept: int  # both colors drawn
+    own: stats.Interval  # IoU of a word's thresholded map with its own object's mask
+    other: stats.Interval  # ... with the other object's mask
+    own_mass: stats.Interval  # share of a word's map (its sum) inside its own object's mask
+    other_mass: stats.Interval  # ... inside the other object's
+    both_own: stats.Interval  # rate over images: each word's IoU with its own object > with the other
+
+    def lines(self) -> list[str]:
+        return [f"{self.kept} of {self.images} images with both objects' colors drawn",
+                f"IoU(object word's map, its own object) {self.own}; with the other object {self.other}",
+                f"share of the map's mass on its own object {self.own_mass}; on the other {self.other_mass}",
+                f"each word's map overlaps its own object more than the other {self.both_own.percent()}"]
+
+
+def score_pairs(cases: Sequence[PairCase], rule: str | float = "otsu") -> PairScores:
+    """Judge the object words' maps of `cases` (every layer, thresholded with `rule`) against
+    both objects' masks; only images with both colors drawn count."""
+    kept = [c for c in cases if c.right]
+    if not kept:
+        raise ValueError(f"none of {len(cases)} pair images shows both its colors; nothing to judge")
+    own, other, own_mass, other_mass, both = [], [], [], [], []
+    for case in kept:
+        heat = [summed(maps).numpy() for maps in case.layer_maps]
+        found = [binarize(torch.from_numpy(h), rule).numpy() for h in heat]
+        ious = np.array([[iou(f, m) for m in case.masks] for f in found])  # [word, object]
+        mass = np.array([[(h * m).sum() / max(h.sum(), 1e-12) for m in case.masks] for h in heat])
+        own += [ious[0, 0], ious[1, 1]]
+        other += [ious[0, 1], ious[1, 0]]
+        own_mass += [mass[0, 0], mass[1, 1]]
+        other_mass += [mass[0, 1], mass[1, 0]]
+        both.append(ious[0, 0] > ious[0, 1] and ious[1, 1] > ious[1, 0])
+    return PairScores(len(cases), len(kept), *(stats.interval(np.array(v)) for v in (own, other, own_mass, other_mass)),
+                      stats.wilson(int(sum(both)), len(both)))
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -206,7 +206,7 @@ def _outline(obj: str) -> list[tuple[float, float]] | None:
     raise ValueError(f"unknown object {obj!r}")
 
 
-def _mask(obj: str, centers: list[tuple[float, float]], radius: float) -> np.ndarray:
+def shape_mask(obj: str, centers: list[tuple[float, float]], radius: float) -> np.ndarray:
     """Anti-aliased coverage in [0, 1] of the objects, shape (SIZE, SIZE)."""
     canvas = Image.new("L", (SIZE * _SS, SIZE * _SS), 0)
     draw = ImageDraw.Draw(canvas)
@@ -222,7 +222,7 @@ def _mask(obj: str, centers: list[tuple[float, float]], radius: float) -> np.nda
     return np.asarray(small, dtype=np.float32) / 255.0
 
 
-def _layout(count: int, rng: np.random.Generator) -> tuple[list[tuple[float, float]], float]:
+def layout(count: int, rng: np.random.Generator) -> tuple[list[tuple[float, float]], float]:
     """Object centers and radius: one big object, or two smaller ones side by side or stacked."""
     if count == 1:
         radius = rng.uniform(8.0, 11.0)
@@ -333,8 +333,8 @@ def render(scene: Scene) -> np.ndarray:
     rng = np.random.default_rng(scene.seed)
     background = rng.uniform(175, 225) + rng.uniform(-8, 8, size=3)
     color = np.array(COLORS[scene.color], np.float32) + rng.uniform(-12, 12, size=3)
-    centers, radius = _layout(scene.count, rng)
-    alpha = _mask(scene.object, centers, radius)[..., None]
+    centers, radius = layout(scene.count, rng)
+    alpha = shape_mask(scene.object, centers, radius)[..., None]
     image = background * (1 - alpha) + np.clip(color, 0, 255) * alpha
     if scene.mark != "none":
         ink = _mark_mask(scene.mark, centers[0], radius)[..., None] * alpha
@@ -404,6 +404,9 @@ def parse_caption(text: str) -> dict[str, str | int]:
         if words.group("color"):
             attributes["color"] = words.group("color")
         return attributes
+    if re.search(r"\b(?:a|an) \w+ \w+ by (?:a|an) ", text):
+        raise ValueError(f"{text!r} names two objects (models.tiny.pairs); the judge reads one-object scenes: "
+                         "find a pair's objects by color with models.tiny.pairs.color_masks")
     raise ValueError(
         f"{text!r} is not a caption of the tiny world; e.g. {caption(Scene('circle', 'red', 'monet', 1))!r}, "
         f"{caption(named_scene('wumbo'), 3)!r}"
@@ -431,8 +434,8 @@ def object_mask(scene: Scene) -> np.ndarray:
     random draws up to the layout (background level and tint, color jitter)."""
     rng = np.random.default_rng(scene.seed)
     rng.uniform(175, 225), rng.uniform(-8, 8, size=3), rng.uniform(-12, 12, size=3)
-    centers, radius = _layout(scene.count, rng)
-    return _mask(scene.object, centers, radius)
+    centers, radius = layout(scene.count, rng)
+    return shape_mask(scene.object, centers, radius)
 
 
 MIN_CHROMA = 48.0  # max - min channel: the world's gray backgrounds stay below ~30, its colors above ~140

@@ -5,7 +5,9 @@ renders and VAE reconstructions); clip (tokenizer + contrastive CLIP, both tower
 clip_vision (the vision tower alone, on scenes next to one-attribute-changed twins; the text tower
 is the diffusion model's encoder and stays as the clip stage left it); unet (on cached VAE latents,
 text from the CLIP's text tower) -> the assembled pipeline. `--stages` retrains some stages from the
-saved others; a full run reproduces the shipped weights (up to CPU floating-point nondeterminism).
+saved others. The UNet also sees two-object scenes (`models.tiny.pairs`), a quarter as many as
+one-object ones beside each batch, so it binds each object word to a place. A full run reproduces the shipped weights (up to CPU
+floating-point nondeterminism).
 
 A full run uses both cores the way these small models use them best: two processes of one thread
 each (a second thread speeds a stage up only 1.15-1.5x here). Phase 1 trains the VAE here and the CLIP
@@ -34,6 +36,7 @@ from transformers import CLIPModel
 from models.tiny import CLIP_DIR, JUDGE_PATH, ROOT, WEIGHTS_DIR
 from models.tiny.clip import save_clip, text_encoder_of, train_clip, tune_vision
 from models.tiny.judge import labels, save_judge, train_judge
+from models.tiny.pairs import Pair, random_pair, render_pair
 from models.tiny.pipeline import assemble
 from models.tiny.scenes import Scene, is_held_out, render, sample_scene
 from models.tiny.tensors import from_signed, to_signed
@@ -43,6 +46,7 @@ from models.tiny.vae import decode, encode, train_vae
 
 SEED = 0
 SCENES = 16_000
+PAIRS = 4_000  # two-object scenes (models.tiny.pairs), for the UNet only
 STEPS = {"vae": 1500, "judge": 1000, "clip": 800, "clip_vision": 3000, "unet": 6000}
 STAGES = tuple(STEPS)
 # (stages run here, stages run in a child process) per phase; a phase needs only earlier phases.
@@ -55,6 +59,13 @@ def render_dataset(n: int, seed: int) -> tuple[list[Scene], np.ndarray]:
     scenes = [sample_scene(rng, held_out=None) for _ in range(n)]
     images = np.stack([render(s) for s in tqdm(scenes, desc="render", mininterval=2.0)])
     return scenes, images
+
+
+def render_pairs(n: int, seed: int) -> tuple[list[Pair], np.ndarray]:
+    """`n` random two-object scenes and their renders."""
+    rng = random.Random(seed)
+    pairs = [random_pair(rng) for _ in range(n)]
+    return pairs, np.stack([render_pair(p)[0] for p in tqdm(pairs, desc="render pairs", mininterval=2.0)])
 
 
 def main(stages: tuple[str, ...] = STAGES, scale: float = 1.0, out: Path = ROOT, threads: int = 2) -> None:
@@ -135,9 +146,10 @@ def run_stages(
     if "unet" in stages:
         # The text tower is the same before and after clip_vision, which may run meanwhile.
         encoder = text_encoder_of(CLIPModel.from_pretrained(str(clip_dir)))
+        pairs, pair_images = render_pairs(max(256, round(PAIRS * min(1.0, scale))), SEED + 1)
         unet = train_unet(
             latents[torch.from_numpy(seen)], seen_scenes, encoder, tokenizer, steps["unet"], seed=SEED,
-            on_step=on_unet_step,
+            on_step=on_unet_step, pairs=(encode(vae, to_signed(pair_images)), pairs),
         )
         assemble(vae, encoder, tokenizer, unet).save_pretrained(str(pipeline_dir), safe_serialization=True)
         times["unet"] = time.time() - start

@@ -12,6 +12,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from models.tiny.clip import WIDTH, token_ids
+from models.tiny.pairs import Pair, random_pair_caption
 from models.tiny.scenes import Scene, random_caption
 from models.tiny.training import optimize
 
@@ -19,6 +20,7 @@ LATENT_SIZE = 8
 UNCOND_PROB = 0.1  # share of training captions replaced by "" for classifier-free guidance
 EMA_DECAY = 0.998
 MIN_SNR_GAMMA = 5.0  # Min-SNR loss weighting (Hang et al., 2023): faster convergence per step
+PAIRS_PER_BATCH = 16  # two-object scenes added to each batch of one-object scenes
 
 
 def build_unet() -> UNet2DConditionModel:
@@ -77,10 +79,12 @@ def min_snr_weights(sched: DDPMScheduler, t: torch.Tensor, gamma: float = MIN_SN
 def train_unet(
     latents: torch.Tensor, scenes: Sequence[Scene], encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
     steps: int, batch: int = 64, seed: int = 0, on_step: Callable[[int], None] | None = None,
+    pairs: tuple[torch.Tensor, Sequence[Pair]] | None = None,
 ) -> UNet2DConditionModel:
     """Epsilon-prediction training (Min-SNR weighted) on scaled `latents` of `scenes` with random
-    captions; returns the exponential moving average of the weights. `on_step(step)` runs after
-    each update (the trainer widens the thread pool there once a parallel stage is done)."""
+    captions, `PAIRS_PER_BATCH` of `pairs` (their latents, the pairs) beside each `batch`; returns
+    the exponential moving average of the weights. `on_step(step)` runs after each update (the
+    trainer widens the thread pool there once a parallel stage is done)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -89,12 +93,19 @@ def train_unet(
     sched = noise_scheduler()
     context = EmbeddingCache(encoder, tokenizer)
 
-    def loss_at(step: int) -> torch.Tensor:
+    def sample() -> tuple[torch.Tensor, list[str]]:
         idx = torch.randint(len(latents), (batch,), generator=gen)
-        captions = ["" if rng.random() < UNCOND_PROB else random_caption(scenes[i], rng) for i in idx.tolist()]
-        x0 = latents[idx]
+        x0, captions = latents[idx], [random_caption(scenes[i], rng) for i in idx.tolist()]
+        if pairs is not None:
+            pair_idx = torch.randint(len(pairs[0]), (PAIRS_PER_BATCH,), generator=gen)
+            x0 = torch.cat([x0, pairs[0][pair_idx]])
+            captions += [random_pair_caption(pairs[1][i], rng) for i in pair_idx.tolist()]
+        return x0, ["" if rng.random() < UNCOND_PROB else c for c in captions]
+
+    def loss_at(step: int) -> torch.Tensor:
+        x0, captions = sample()
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=gen)
         pred = unet(sched.add_noise(x0, noise, t), t, context(captions)).sample
         per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
         return (min_snr_weights(sched, t) * per_sample).mean()
