@@ -6,21 +6,23 @@ import copy
 import random
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from models.tiny.clip import WIDTH, token_ids
-from models.tiny.pairs import Pair, random_pair_caption
-from models.tiny.scenes import Scene, random_caption
+from models.tiny.grounding import GROUNDING_WEIGHT, Grounds, grounding_loss, kept_cross_attention
+from models.tiny.pairs import Pair, random_pair_caption, render_pair
+from models.tiny.scenes import PLURALS, Scene, object_mask, random_caption
 from models.tiny.training import optimize
 
 LATENT_SIZE = 8
 UNCOND_PROB = 0.1  # share of training captions replaced by "" for classifier-free guidance
 EMA_DECAY = 0.998
 MIN_SNR_GAMMA = 5.0  # Min-SNR loss weighting (Hang et al., 2023): faster convergence per step
-PAIRS_PER_BATCH = 16  # two-object scenes added to each batch of one-object scenes
+PAIRS_PER_BATCH = 8  # two-object scenes added to each batch of one-object scenes
 
 
 def build_unet() -> UNet2DConditionModel:
@@ -76,15 +78,38 @@ def min_snr_weights(sched: DDPMScheduler, t: torch.Tensor, gamma: float = MIN_SN
     return snr.clamp(max=gamma) / snr
 
 
+def latent_masks(items: Sequence[Scene | Pair]) -> torch.Tensor:
+    """Each item's object masks at the latent resolution, (N, 2, LATENT_SIZE, LATENT_SIZE): a
+    scene's object(s) in slot 0 (slot 1 empty), a pair's objects in the order named."""
+    full = []
+    for item in items:
+        if isinstance(item, Pair):
+            full.append(render_pair(item)[1])
+        else:
+            full.append(np.stack([object_mask(item), np.zeros_like(object_mask(item))]))
+    return F.adaptive_avg_pool2d(torch.from_numpy(np.stack(full)), LATENT_SIZE)
+
+
+def object_words(item: Scene | Pair) -> tuple[str, ...]:
+    """The words a caption of `item` names its object(s) with, in mask-slot order (none for a
+    character or fact: the name stands for the object)."""
+    if isinstance(item, Pair):
+        return item.objects
+    if item.name:
+        return ()
+    return (PLURALS[item.object] if item.count == 2 else item.object,)
+
+
 def train_unet(
     latents: torch.Tensor, scenes: Sequence[Scene], encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
     steps: int, batch: int = 64, seed: int = 0, on_step: Callable[[int], None] | None = None,
     pairs: tuple[torch.Tensor, Sequence[Pair]] | None = None,
 ) -> UNet2DConditionModel:
     """Epsilon-prediction training (Min-SNR weighted) on scaled `latents` of `scenes` with random
-    captions, `PAIRS_PER_BATCH` of `pairs` (their latents, the pairs) beside each `batch`; returns
-    the exponential moving average of the weights. `on_step(step)` runs after each update (the
-    trainer widens the thread pool there once a parallel stage is done)."""
+    captions, `PAIRS_PER_BATCH` of `pairs` (their latents, the pairs) beside each `batch`, plus
+    the grounding term (`models.tiny.grounding`) on every object word; returns the exponential
+    moving average of the weights. `on_step(step)` runs after each update (the trainer widens the
+    thread pool there once a parallel stage is done)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -92,23 +117,38 @@ def train_unet(
     ema = copy.deepcopy(unet).requires_grad_(False)
     sched = noise_scheduler()
     context = EmbeddingCache(encoder, tokenizer)
+    items = list(scenes) + list(pairs[1] if pairs else [])
+    pool = torch.cat([latents, pairs[0]]) if pairs else latents
+    masks = latent_masks(items)
 
-    def sample() -> tuple[torch.Tensor, list[str]]:
+    def sample() -> tuple[torch.Tensor, list[str], Grounds]:
         idx = torch.randint(len(latents), (batch,), generator=gen)
-        x0, captions = latents[idx], [random_caption(scenes[i], rng) for i in idx.tolist()]
         if pairs is not None:
-            pair_idx = torch.randint(len(pairs[0]), (PAIRS_PER_BATCH,), generator=gen)
-            x0 = torch.cat([x0, pairs[0][pair_idx]])
-            captions += [random_pair_caption(pairs[1][i], rng) for i in pair_idx.tolist()]
-        return x0, ["" if rng.random() < UNCOND_PROB else c for c in captions]
+            idx = torch.cat([idx, len(latents) + torch.randint(len(pairs[0]), (PAIRS_PER_BATCH,), generator=gen)])
+        captions, rows, positions, chosen = [], [], [], []
+        for row, i in enumerate(idx.tolist()):
+            item = items[i]
+            text = random_pair_caption(item, rng) if isinstance(item, Pair) else random_caption(item, rng)
+            if rng.random() < UNCOND_PROB:
+                text = ""
+            words = text.split()
+            for slot, word in enumerate(object_words(item) if text else ()):
+                rows.append(row)
+                positions.append(words.index(word) + 1)  # after BOS; one token per word
+                chosen.append(masks[i, slot])
+            captions.append(text)
+        grounded = torch.stack(chosen) if chosen else masks[:0, 0]
+        return pool[idx], captions, Grounds(torch.tensor(rows, dtype=torch.long), torch.tensor(positions, dtype=torch.long), grounded)
 
     def loss_at(step: int) -> torch.Tensor:
-        x0, captions = sample()
+        x0, captions, grounds = sample()
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=gen)
-        pred = unet(sched.add_noise(x0, noise, t), t, context(captions)).sample
+        with kept_cross_attention(unet) as keepers:
+            pred = unet(sched.add_noise(x0, noise, t), t, context(captions)).sample
         per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-        return (min_snr_weights(sched, t) * per_sample).mean()
+        grounding = grounding_loss([p for k in keepers for p in k.probs], grounds)
+        return (min_snr_weights(sched, t) * per_sample).mean() + GROUNDING_WEIGHT * grounding
 
     @torch.no_grad()
     def update_ema(step: int) -> None:

@@ -1,0 +1,51 @@
+"""The tiny UNet's grounding term: the kept probabilities are the ones the layer used, the UNet's own
+processors come back, and the token loss is zero exactly when a word's attention sits in its mask."""
+
+from __future__ import annotations
+
+import torch
+
+from models.tiny.grounding import Grounds, grounding_loss, kept_cross_attention
+from models.tiny.pairs import Pair, pair_caption
+from models.tiny.scenes import Scene, caption
+from models.tiny.unet import LATENT_SIZE, build_unet, latent_masks, object_words
+
+
+def test_kept_probabilities_change_nothing_and_the_processors_come_back() -> None:
+    torch.manual_seed(0)
+    unet = build_unet().eval()
+    before = dict(unet.attn_processors)
+    sample, t, text = torch.randn(2, 4, LATENT_SIZE, LATENT_SIZE), torch.tensor([10, 500]), torch.randn(2, 16, 64)
+    with torch.no_grad():
+        plain = unet(sample, t, text).sample
+        with kept_cross_attention(unet) as keepers:
+            kept = unet(sample, t, text).sample
+    assert (kept - plain).abs().max() < 1e-5
+    assert dict(unet.attn_processors) == before
+    assert len(keepers) == 7 and all(len(k.probs) == 1 for k in keepers)
+    probs = keepers[0].probs[0]  # (batch, heads, h*w, tokens)
+    assert probs.shape == (2, 2, LATENT_SIZE**2, 16) and torch.allclose(probs.sum(-1), torch.ones(()))
+
+
+def test_token_loss_is_zero_inside_the_mask_and_grows_outside() -> None:
+    mask = torch.zeros(1, 8, 8)
+    mask[0, :4, :4] = 1.0
+    inside = torch.zeros(1, 1, 64, 3)
+    inside[0, 0, :, 0] = 1.0  # every query on token 0 ...
+    inside[0, 0, :, 1] = mask.flatten()  # ... and token 1 only from inside the mask
+    grounds = Grounds(torch.tensor([0]), torch.tensor([1]), mask)
+    assert grounding_loss([inside], grounds) == 0
+    assert grounding_loss([inside], Grounds(torch.tensor([0]), torch.tensor([0]), mask)) == (1 - 16 / 64) ** 2
+    coarse = inside.view(1, 1, 8, 8, 3)[:, :, ::2, ::2].reshape(1, 1, 16, 3)  # a 4x4 layer: the mask is pooled
+    assert grounding_loss([coarse], grounds) == 0
+    assert grounding_loss([inside], Grounds(torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long),
+                                            mask[:0])) == 0
+
+
+def test_object_words_and_masks_line_up_with_captions() -> None:
+    scene, pair = Scene("star", "blue", "plain", 2, 3), Pair("circle", "red", "house", "green", 4)
+    assert object_words(scene) == ("stars",) and "stars" in caption(scene).split()
+    assert object_words(pair) == ("circle", "house") and all(w in pair_caption(pair).split() for w in object_words(pair))
+    masks = latent_masks([scene, pair])
+    assert masks.shape == (2, 2, LATENT_SIZE, LATENT_SIZE)
+    assert masks[0, 0].sum() > 0 and masks[0, 1].sum() == 0 and (masks[1].sum((1, 2)) > 0).all()
