@@ -15,7 +15,9 @@ Prints, with 95% intervals and n:
   pairs        - "a red circle by a blue square" (two different objects, each found by its color):
                  each object word's map against its own object and the other.
 
-Run: ``python -m bench.attention_iou [--scenes 48] [--seeds 2] [--pairs 48]``. Not a test (about 4 minutes).
+Run: ``python -m bench.attention_iou [--scenes 48] [--seeds 2] [--pairs 48] [--model FOLDER]``; a
+folder holds another tiny UNet, e.g. a grounded one (``python -m models.tiny.train --stages unet
+--pairs 8 --grounding 0.1 --out DIR``, then ``--model DIR/pipeline``). Not a test (about 4 minutes).
 """
 
 from __future__ import annotations
@@ -55,9 +57,10 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=48, help="scenes per count")
     parser.add_argument("--seeds", type=int, default=2, help="generator seeds per scene")
     parser.add_argument("--pairs", type=int, default=48, help="two-object pairs")
+    parser.add_argument("--model", default="tiny", help="'tiny' (the shipped weights) or a tiny pipeline folder")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model = interp.load("tiny")
+    model = interp.load(args.model)
 
     print("segmentation of renders vs their true masks (IoU, 100 renders per style):")
     for style, value in segmentation_iou().items():

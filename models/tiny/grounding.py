@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor
 
-GROUNDING_WEIGHT = 0.1  # of the token loss beside the (Min-SNR weighted) epsilon loss, about 0.06 trained
+GROUNDING_WEIGHT = 0.1  # `train --grounding`: the token loss's weight beside the epsilon loss (about 0.06 trained)
 
 
 class KeepProbs(AttnProcessor):
@@ -49,9 +49,12 @@ class KeepProbs(AttnProcessor):
 
 
 @contextmanager
-def kept_cross_attention(unet: UNet2DConditionModel) -> Iterator[list[KeepProbs]]:
+def kept_cross_attention(unet: UNet2DConditionModel, enabled: bool = True) -> Iterator[list[KeepProbs]]:
     """Every cross-attention layer (`attn2`) of `unet` runs a `KeepProbs` inside the block; its
-    own processors come back after it."""
+    own processors come back after it. Not `enabled`: nothing changes, no probabilities kept."""
+    if not enabled:
+        yield []
+        return
     modules = [m for name, m in unet.named_modules() if name.endswith("attn2") and isinstance(m, Attention)]
     originals = [m.processor for m in modules]
     keepers = [KeepProbs() for _ in modules]

@@ -5,8 +5,9 @@ renders and VAE reconstructions); clip (tokenizer + contrastive CLIP, both tower
 clip_vision (the vision tower alone, on scenes next to one-attribute-changed twins; the text tower
 is the diffusion model's encoder and stays as the clip stage left it); unet (on cached VAE latents,
 text from the CLIP's text tower) -> the assembled pipeline. `--stages` retrains some stages from the
-saved others. The UNet also sees two-object scenes (`models.tiny.pairs`), a quarter as many as
-one-object ones beside each batch, so it binds each object word to a place. A full run reproduces the shipped weights (up to CPU
+saved others. `--pairs 8 --grounding 0.1` trains a UNet whose object words' cross-attention maps
+find their objects (two-object scenes beside each batch, `models.tiny.pairs`, and a token loss,
+`models.tiny.grounding`); the shipped UNet is trained without (see the README). A full run reproduces the shipped weights (up to CPU
 floating-point nondeterminism).
 
 A full run uses both cores the way these small models use them best: two processes of one thread
@@ -35,6 +36,7 @@ from transformers import CLIPModel
 
 from models.tiny import CLIP_DIR, JUDGE_PATH, ROOT, WEIGHTS_DIR
 from models.tiny.clip import save_clip, text_encoder_of, train_clip, tune_vision
+from models.tiny.grounding import GROUNDING_WEIGHT
 from models.tiny.judge import labels, save_judge, train_judge
 from models.tiny.pairs import Pair, random_pair, render_pair
 from models.tiny.pipeline import assemble
@@ -68,16 +70,18 @@ def render_pairs(n: int, seed: int) -> tuple[list[Pair], np.ndarray]:
     return pairs, np.stack([render_pair(p)[0] for p in tqdm(pairs, desc="render pairs", mininterval=2.0)])
 
 
-def main(stages: tuple[str, ...] = STAGES, scale: float = 1.0, out: Path = ROOT, threads: int = 2) -> None:
+def main(stages: tuple[str, ...] = STAGES, scale: float = 1.0, out: Path = ROOT, threads: int = 2,
+         pairs: int = 0, grounding: float = 0.0) -> None:
     """Train `stages` with step counts multiplied by `scale`, reading earlier stages from `out`: all
-    of them in two parallel processes when `threads` >= 2, else one after another."""
+    of them in two parallel processes when `threads` >= 2, else one after another. The UNet sees
+    `pairs` two-object scenes beside each batch and the token loss at weight `grounding`."""
     if set(stages) == set(STAGES) and threads >= 2:
-        train_in_parallel(scale, out, threads)
+        train_in_parallel(scale, out, threads, pairs, grounding)
     else:
-        run_stages(stages, scale, out, threads)
+        run_stages(stages, scale, out, threads, pairs=pairs, grounding=grounding)
 
 
-def train_in_parallel(scale: float, out: Path, threads: int) -> None:
+def train_in_parallel(scale: float, out: Path, threads: int, pairs: int = 0, grounding: float = 0.0) -> None:
     """Every stage, phase by phase, half of each phase in a one-thread child process."""
     start = time.time()
     for here, there in PHASES:
@@ -85,7 +89,8 @@ def train_in_parallel(scale: float, out: Path, threads: int) -> None:
                    "--out", str(out), "--threads", "1"]
         child = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[2])
         try:
-            run_stages(here, scale, out, threads=1, on_unet_step=widen_when_done(child, threads))
+            run_stages(here, scale, out, threads=1, on_unet_step=widen_when_done(child, threads), pairs=pairs,
+                       grounding=grounding)
         except BaseException:
             child.kill()
             raise
@@ -106,7 +111,7 @@ def widen_when_done(child: subprocess.Popen, threads: int) -> Callable[[int], No
 
 def run_stages(
     stages: tuple[str, ...], scale: float, out: Path, threads: int,
-    on_unet_step: Callable[[int], None] | None = None,
+    on_unet_step: Callable[[int], None] | None = None, pairs: int = 0, grounding: float = 0.0,
 ) -> None:
     """Train `stages` in this process, in the order of `STAGES`."""
     torch.set_num_threads(threads)
@@ -146,10 +151,13 @@ def run_stages(
     if "unet" in stages:
         # The text tower is the same before and after clip_vision, which may run meanwhile.
         encoder = text_encoder_of(CLIPModel.from_pretrained(str(clip_dir)))
-        pairs, pair_images = render_pairs(max(256, round(PAIRS * min(1.0, scale))), SEED + 1)
+        two = None
+        if pairs:
+            drawn_pairs, pair_images = render_pairs(max(256, round(PAIRS * min(1.0, scale))), SEED + 1)
+            two = (encode(vae, to_signed(pair_images)), drawn_pairs, pairs)
         unet = train_unet(
             latents[torch.from_numpy(seen)], seen_scenes, encoder, tokenizer, steps["unet"], seed=SEED,
-            on_step=on_unet_step, pairs=(encode(vae, to_signed(pair_images)), pairs),
+            on_step=on_unet_step, pairs=two, grounding=grounding,
         )
         assemble(vae, encoder, tokenizer, unet).save_pretrained(str(pipeline_dir), safe_serialization=True)
         times["unet"] = time.time() - start
@@ -163,5 +171,8 @@ if __name__ == "__main__":
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count (quick runs)")
     parser.add_argument("--out", type=Path, default=ROOT, help="weights folder (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (1 on a shared, busy CPU: stages then run one after another)")
+    parser.add_argument("--pairs", type=int, default=0, help="two-object scenes beside each UNet batch (8 grounds pairs)")
+    parser.add_argument("--grounding", type=float, default=0.0,
+                        help=f"weight of the token loss on object words' attention (models.tiny.grounding; {GROUNDING_WEIGHT} grounds them)")
     args = parser.parse_args()
-    main(tuple(args.stages), args.scale, args.out, args.threads)
+    main(tuple(args.stages), args.scale, args.out, args.threads, args.pairs, args.grounding)

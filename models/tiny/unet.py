@@ -13,7 +13,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from models.tiny.clip import WIDTH, token_ids
-from models.tiny.grounding import GROUNDING_WEIGHT, Grounds, grounding_loss, kept_cross_attention
+from models.tiny.grounding import Grounds, grounding_loss, kept_cross_attention
 from models.tiny.pairs import Pair, random_pair_caption, render_pair
 from models.tiny.scenes import PLURALS, Scene, object_mask, random_caption
 from models.tiny.training import optimize
@@ -22,7 +22,6 @@ LATENT_SIZE = 8
 UNCOND_PROB = 0.1  # share of training captions replaced by "" for classifier-free guidance
 EMA_DECAY = 0.998
 MIN_SNR_GAMMA = 5.0  # Min-SNR loss weighting (Hang et al., 2023): faster convergence per step
-PAIRS_PER_BATCH = 8  # two-object scenes added to each batch of one-object scenes
 
 
 def build_unet() -> UNet2DConditionModel:
@@ -103,13 +102,14 @@ def object_words(item: Scene | Pair) -> tuple[str, ...]:
 def train_unet(
     latents: torch.Tensor, scenes: Sequence[Scene], encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
     steps: int, batch: int = 64, seed: int = 0, on_step: Callable[[int], None] | None = None,
-    pairs: tuple[torch.Tensor, Sequence[Pair]] | None = None,
+    pairs: tuple[torch.Tensor, Sequence[Pair], int] | None = None, grounding: float = 0.0,
 ) -> UNet2DConditionModel:
     """Epsilon-prediction training (Min-SNR weighted) on scaled `latents` of `scenes` with random
-    captions, `PAIRS_PER_BATCH` of `pairs` (their latents, the pairs) beside each `batch`, plus
-    the grounding term (`models.tiny.grounding`) on every object word; returns the exponential
-    moving average of the weights. `on_step(step)` runs after each update (the trainer widens the
-    thread pool there once a parallel stage is done)."""
+    captions; returns the exponential moving average of the weights. `pairs` (their latents, the
+    pairs, how many per batch) adds two-object scenes beside each `batch`; `grounding` > 0 adds
+    that weight of the token loss (`models.tiny.grounding`) on every object word. `on_step(step)`
+    runs after each update (the trainer widens the thread pool there once a parallel stage is
+    done)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -119,36 +119,40 @@ def train_unet(
     context = EmbeddingCache(encoder, tokenizer)
     items = list(scenes) + list(pairs[1] if pairs else [])
     pool = torch.cat([latents, pairs[0]]) if pairs else latents
-    masks = latent_masks(items)
+    masks = latent_masks(items) if grounding else None
 
-    def sample() -> tuple[torch.Tensor, list[str], Grounds]:
+    def sample() -> tuple[torch.Tensor, list[str]]:
         idx = torch.randint(len(latents), (batch,), generator=gen)
         if pairs is not None:
-            idx = torch.cat([idx, len(latents) + torch.randint(len(pairs[0]), (PAIRS_PER_BATCH,), generator=gen)])
-        captions, rows, positions, chosen = [], [], [], []
-        for row, i in enumerate(idx.tolist()):
-            item = items[i]
-            text = random_pair_caption(item, rng) if isinstance(item, Pair) else random_caption(item, rng)
-            if rng.random() < UNCOND_PROB:
-                text = ""
+            idx = torch.cat([idx, len(latents) + torch.randint(len(pairs[0]), (pairs[2],), generator=gen)])
+        captions = ["" if rng.random() < UNCOND_PROB else
+                    random_pair_caption(items[i], rng) if isinstance(items[i], Pair) else random_caption(items[i], rng)
+                    for i in idx.tolist()]
+        return idx, captions
+
+    def grounds_of(idx: torch.Tensor, captions: list[str]) -> Grounds:
+        rows, positions, chosen = [], [], []
+        for row, (i, text) in enumerate(zip(idx.tolist(), captions)):
             words = text.split()
-            for slot, word in enumerate(object_words(item) if text else ()):
+            for slot, word in enumerate(object_words(items[i]) if text else ()):
                 rows.append(row)
                 positions.append(words.index(word) + 1)  # after BOS; one token per word
                 chosen.append(masks[i, slot])
-            captions.append(text)
-        grounded = torch.stack(chosen) if chosen else masks[:0, 0]
-        return pool[idx], captions, Grounds(torch.tensor(rows, dtype=torch.long), torch.tensor(positions, dtype=torch.long), grounded)
+        found = torch.stack(chosen) if chosen else masks[:0, 0]
+        return Grounds(torch.tensor(rows, dtype=torch.long), torch.tensor(positions, dtype=torch.long), found)
 
     def loss_at(step: int) -> torch.Tensor:
-        x0, captions, grounds = sample()
+        idx, captions = sample()
+        x0 = pool[idx]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=gen)
-        with kept_cross_attention(unet) as keepers:
+        with kept_cross_attention(unet, enabled=grounding > 0) as keepers:
             pred = unet(sched.add_noise(x0, noise, t), t, context(captions)).sample
         per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-        grounding = grounding_loss([p for k in keepers for p in k.probs], grounds)
-        return (min_snr_weights(sched, t) * per_sample).mean() + GROUNDING_WEIGHT * grounding
+        loss = (min_snr_weights(sched, t) * per_sample).mean()
+        if grounding:
+            loss = loss + grounding * grounding_loss([p for k in keepers for p in k.probs], grounds_of(idx, captions))
+        return loss
 
     @torch.no_grad()
     def update_ema(step: int) -> None:
