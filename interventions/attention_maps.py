@@ -42,6 +42,7 @@ from diffusers.models.attention_processor import (
 from diffusers.models.transformers import transformer_flux
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
+from interp.attention_probs import CapturingProcessor
 from interp.errors import AttentionCaptureError, TokenRangeError
 from interp.graph import Graph, Operation, Run
 from interp.model import Model
@@ -55,40 +56,6 @@ STEPS = 25
 GUIDANCE = 7.5
 
 Token = str | int  # a word or phrase of the prompt, or a token position
-
-
-class _Recording:
-    """`attn` as diffusers' `AttnProcessor` reads it, except that the attention probabilities it
-    computes are also handed to `keep`; everything else is the real module (hooks on its
-    projections still fire)."""
-
-    def __init__(self, attn: torch.nn.Module, keep: Callable[[torch.Tensor], None]) -> None:
-        self._attn, self._keep = attn, keep
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._attn, name)
-
-    def get_attention_scores(
-        self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        probs = self._attn.get_attention_scores(query, key, attention_mask)
-        self._keep(probs)
-        return probs
-
-
-class CapturingProcessor(AttnProcessor):
-    """diffusers' `AttnProcessor` (explicit probabilities) that hands each call's probabilities
-    ((batch * heads, queries, tokens)) to `keep`."""
-
-    def __init__(self, keep: Callable[[torch.Tensor], None]) -> None:
-        super().__init__()
-        self.keep = keep
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 *args, **kwargs):
-        return super().__call__(
-            _Recording(attn, self.keep), hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
-        )
 
 
 @dataclass(frozen=True)

@@ -20,48 +20,32 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
-from diffusers.models.attention_processor import Attention, AttnProcessor
+from diffusers.models.attention_processor import Attention
+
+from interp.attention_probs import CapturingProcessor
 
 GROUNDING_WEIGHT = 0.1  # `train --grounding`: the token loss's weight beside the epsilon loss (about 0.06 trained)
 
 
-class KeepProbs(AttnProcessor):
-    """diffusers' explicit-softmax processor that also keeps each call's attention probabilities
-    (batch * heads, queries, keys), with their gradients."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.probs: list[torch.Tensor] = []
-
-    def __call__(self, attn: Attention, *args, **kwargs) -> torch.Tensor:
-        scores = attn.get_attention_scores
-
-        def keep(*a, **k) -> torch.Tensor:
-            probs = scores(*a, **k)
-            self.probs.append(probs.view(-1, attn.heads, *probs.shape[1:]))
-            return probs
-
-        attn.get_attention_scores = keep  # an instance attribute, shadowing the method for this call
-        try:
-            return super().__call__(attn, *args, **kwargs)
-        finally:
-            del attn.get_attention_scores
-
-
 @contextmanager
-def kept_cross_attention(unet: UNet2DConditionModel, enabled: bool = True) -> Iterator[list[KeepProbs]]:
-    """Every cross-attention layer (`attn2`) of `unet` runs a `KeepProbs` inside the block; its
-    own processors come back after it. Not `enabled`: nothing changes, no probabilities kept."""
+def kept_cross_attention(unet: UNet2DConditionModel, enabled: bool = True) -> Iterator[list[torch.Tensor]]:
+    """Inside the block every cross-attention layer (`attn2`) of `unet` runs a `CapturingProcessor`
+    that appends each call's probabilities, (batch, heads, queries, tokens) with their gradients, to
+    the list yielded; the UNet's own processors come back after it. Not `enabled`: nothing changes,
+    nothing is kept."""
+    kept: list[torch.Tensor] = []
     if not enabled:
-        yield []
+        yield kept
         return
     modules = [m for name, m in unet.named_modules() if name.endswith("attn2") and isinstance(m, Attention)]
     originals = [m.processor for m in modules]
-    keepers = [KeepProbs() for _ in modules]
-    for module, keeper in zip(modules, keepers):
-        module.set_processor(keeper)
+    for module in modules:
+        def keep(probs: torch.Tensor, heads: int = module.heads) -> None:  # (batch * heads, ...) -> (batch, heads, ...)
+            kept.append(probs.view(-1, heads, *probs.shape[1:]))
+
+        module.set_processor(CapturingProcessor(keep))
     try:
-        yield keepers
+        yield kept
     finally:
         for module, original in zip(modules, originals):
             module.set_processor(original)

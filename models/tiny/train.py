@@ -7,8 +7,8 @@ is the diffusion model's encoder and stays as the clip stage left it); unet (on 
 text from the CLIP's text tower) -> the assembled pipeline. `--stages` retrains some stages from the
 saved others. `--pairs 8 --grounding 0.1` trains a UNet whose object words' cross-attention maps
 find their objects (two-object scenes beside each batch, `models.tiny.pairs`, and a token loss,
-`models.tiny.grounding`); the shipped UNet is trained without (see the README). A full run reproduces the shipped weights (up to CPU
-floating-point nondeterminism).
+`models.tiny.grounding`); the shipped UNet is trained without (see the README). A full run
+reproduces the shipped weights (up to CPU floating-point nondeterminism).
 
 A full run uses both cores the way these small models use them best: two processes of one thread
 each (a second thread speeds a stage up only 1.15-1.5x here). Phase 1 trains the VAE here and the CLIP

@@ -85,7 +85,8 @@ def latent_masks(items: Sequence[Scene | Pair]) -> torch.Tensor:
         if isinstance(item, Pair):
             full.append(render_pair(item)[1])
         else:
-            full.append(np.stack([object_mask(item), np.zeros_like(object_mask(item))]))
+            mask = object_mask(item)
+            full.append(np.stack([mask, np.zeros_like(mask)]))
     return F.adaptive_avg_pool2d(torch.from_numpy(np.stack(full)), LATENT_SIZE)
 
 
@@ -146,12 +147,12 @@ def train_unet(
         x0 = pool[idx]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=gen)
-        with kept_cross_attention(unet, enabled=grounding > 0) as keepers:
+        with kept_cross_attention(unet, enabled=grounding > 0) as probs:
             pred = unet(sched.add_noise(x0, noise, t), t, context(captions)).sample
         per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
         loss = (min_snr_weights(sched, t) * per_sample).mean()
         if grounding:
-            loss = loss + grounding * grounding_loss([p for k in keepers for p in k.probs], grounds_of(idx, captions))
+            loss = loss + grounding * grounding_loss(probs, grounds_of(idx, captions))
         return loss
 
     @torch.no_grad()
