@@ -15,15 +15,17 @@ Prints, with 95% intervals and n:
   pairs        - "a red circle by a blue square" (two different objects, each found by its color):
                  each object word's map against its own object and the other.
 
-Run: ``python -m bench.attention_iou [--scenes 48] [--seeds 2] [--pairs 48] [--model FOLDER]``; a
-folder holds another tiny UNet, e.g. a grounded one (``python -m models.tiny.train --stages unet
---pairs 8 --grounding 0.1 --out DIR``, then ``--model DIR/pipeline``). Not a test (about 4 minutes).
+Run: ``python -m bench.attention_iou [--scenes 48] [--seeds 2] [--pairs 48] [--model tiny-grounded]
+[--weights DIR]``: the shipped UNet ('tiny') or the grounded one, from the shipped weights or from a
+folder a training run wrote (``python -m models.tiny.train --stages grounded_unet --pairs 8
+--grounding 0.1 --out DIR``, DIR a copy of the shipped weights). Not a test (about 4 minutes).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +36,8 @@ from interventions.attention_eval import (
     MapCase, generate_cases, generate_pair_cases, iou, map_pairs, map_scenes, score_cases, score_pairs, segmentation_iou,
 )
 from interventions.attention_maps import binarize
+from models import BUNDLED
+from models.tiny import ROOT, load_pipeline
 
 
 STAGES = (range(0, 5), range(5, 15), range(15, 25))  # early, middle and late steps of the 25
@@ -57,10 +61,11 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=48, help="scenes per count")
     parser.add_argument("--seeds", type=int, default=2, help="generator seeds per scene")
     parser.add_argument("--pairs", type=int, default=48, help="two-object pairs")
-    parser.add_argument("--model", default="tiny", help="'tiny' (the shipped weights) or a tiny pipeline folder")
+    parser.add_argument("--model", default="tiny", choices=BUNDLED, help="the shipped UNet or the grounded one")
+    parser.add_argument("--weights", type=Path, default=ROOT, help="the tiny weights folder (default: the shipped one)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model = interp.load(args.model)
+    model = interp.load(load_pipeline(root=args.weights, grounded=args.model == "tiny-grounded"))
 
     print("segmentation of renders vs their true masks (IoU, 100 renders per style):")
     for style, value in segmentation_iou().items():

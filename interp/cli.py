@@ -10,9 +10,12 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
+from models import BUNDLED
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
-MODEL_HELP = "'tiny' (bundled), 'dummy' (random, config-built), a folder saved with save_pretrained, or a hub id"
+MODEL_HELP = ("'tiny' (bundled; 'tiny-grounded': with the UNet whose object words' attention finds their objects), "
+              "'dummy' (random, config-built), a folder saved with save_pretrained, or a hub id")
 CLIP_HELP = "CLIP for CLIP-scores: a hub id or folder (default: the bundled tiny model's CLIP)"
 OUT_HELP = "folder for the result (JSON + PNG) and its figure (report.html)"
 DEVICE_HELP = "torch device for the model and the CLIP, e.g. cuda"
@@ -119,14 +122,17 @@ def _load(model: str, device: str = "cpu"):
         from models.testing import dummy_sd_pipeline
 
         return interp.load(dummy_sd_pipeline().to(device))
-    if model == "tiny":
+    if model in BUNDLED:
         from interp.errors import BundledModelMissingError
-        from models.tiny import WEIGHTS_DIR
+        from models.tiny import GROUNDED_UNET_DIR, WEIGHTS_DIR
 
-        if not (WEIGHTS_DIR / "model_index.json").is_file():
+        needed = [WEIGHTS_DIR / "model_index.json"] + [GROUNDED_UNET_DIR / "config.json"] * (model == "tiny-grounded")
+        missing = [path.parent for path in needed if not path.is_file()]
+        if missing:
+            stages = " --stages grounded_unet" * (missing[0] == GROUNDED_UNET_DIR)
             raise BundledModelMissingError(
-                f"the bundled tiny model is not built ({WEIGHTS_DIR} is missing); build it with "
-                f"`python -m models.tiny.train`, or pass --model <folder or hub id>"
+                f"the bundled tiny model is not built ({missing[0]} is missing); build it with "
+                f"`python -m models.tiny.train{stages}`, or pass --model <folder or hub id>"
             )
     from interp.progress import loading
 
@@ -141,7 +147,7 @@ def _scorer(clip: Optional[str], model: str, device: str = "cpu"):
     its judge, the ground truth); else the tiny model's CLIP (with a warning for real models)."""
     from interp.scoring import CLIPScore
 
-    if clip is None and model == "tiny":
+    if clip is None and model in BUNDLED:
         return None
     if clip is None and model != "dummy":
         typer.echo("warning: scoring with the tiny model's CLIP, which knows only its own words; pass --clip "
@@ -153,7 +159,7 @@ def _judge(model: str):
     """The tiny model's attribute judge where the model is the bundled one (it reads only its scenes)."""
     from interventions.evaluate import tiny_judge
 
-    return tiny_judge if model == "tiny" else None
+    return tiny_judge if model in BUNDLED else None
 
 
 def _save(result, figure, out: Optional[Path]) -> None:
@@ -399,7 +405,7 @@ def edit(
     options = {k: v for k, v in given.items() if v}  # else the method's own (or the tiny world's) default
     if lam is not None:
         options["lam"] = lam
-    if model == "tiny":
+    if model in BUNDLED:
         from models.tiny import edit_defaults
 
         options = {**edit_defaults.options(method.value, old, new), **options}
@@ -523,7 +529,7 @@ def evaluate(
 
     if not delta.is_file():
         raise FileNotFoundError(f"{delta} does not exist; write one with `interp edit ... --save {delta}`")
-    if model != "tiny":
+    if model not in BUNDLED:
         typer.echo("warning: judging with the tiny world's judge, which reads only the tiny world's scenes", err=True)
     result = evaluate_edit(_load(model, device), Edit.load(delta), concept or None, images_per_group=images, seed=seed,
                            controls=controls, control_seed=control_seed, judge=tiny_judge, steps=steps)
@@ -599,9 +605,9 @@ def sweep(
         raise ValueError("--window is for locogen, --site and --layer for the traces; drop the ones your recipe "
                          "does not take")
     _writable_sweep(out, resume)
-    if recipe is SweepRecipe.edit_eval and model != "tiny":
+    if recipe is SweepRecipe.edit_eval and model not in BUNDLED:
         typer.echo("warning: judging with the tiny world's judge, which reads only the tiny world's scenes", err=True)
-    elif clip is None and model not in ("tiny", "dummy"):
+    elif clip is None and model not in (*BUNDLED, "dummy"):
         typer.echo("warning: scoring with the tiny model's CLIP, which knows only its own words; pass --clip "
                    "(e.g. openai/clip-vit-large-patch14) for real models", err=True)
     _device(device)

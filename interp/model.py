@@ -13,6 +13,7 @@ import torch
 from interp.errors import SubjectNotFoundError, TokenRangeError
 from interp.sites import Event, Site, SiteMap
 import models.base as adapters  # a module reference: models.base imports interp's error types
+from models import BUNDLED
 
 if TYPE_CHECKING:
     from models.base import Adapter
@@ -202,7 +203,8 @@ class Model:
 
 
 def load(source: Any, **kwargs: Any) -> Model:
-    """A `Model` from a built pipeline, a folder saved with `save_pretrained`, a hub id, or "tiny".
+    """A `Model` from a built pipeline, a folder saved with `save_pretrained`, a hub id, or "tiny"
+    ("tiny-grounded": the bundled tiny model with its grounded UNet, `models.tiny.GROUNDED_UNET_DIR`).
 
     `kwargs` go to `DiffusionPipeline.from_pretrained` (e.g. `torch_dtype`).
     """
@@ -216,11 +218,10 @@ def load(source: Any, **kwargs: Any) -> Model:
 def _load_pipeline(source: str, **kwargs: Any) -> Any:
     from diffusers import DiffusionPipeline
 
-    if source == "tiny":
-        from models.tiny import WEIGHTS_DIR
-        from models.tiny.pipeline import load
+    if source in BUNDLED:
+        from models.tiny import load_pipeline
 
-        return load(WEIGHTS_DIR, **kwargs)
+        return load_pipeline(grounded=source == "tiny-grounded", **kwargs)
     if Path(source).exists() and not (Path(source) / "model_index.json").exists():
         raise FileNotFoundError(f"{source} is a path without model_index.json; save the pipeline with save_pretrained")
     pipe = DiffusionPipeline.from_pretrained(source, **kwargs)

@@ -28,7 +28,9 @@ def default() -> bool:
 
 def is_local(source: object) -> bool:
     """Whether a model source loads from this machine (a folder, "tiny", "dummy"), not the hub."""
-    return not isinstance(source, (str, Path)) or source in ("tiny", "dummy") or Path(source).exists()
+    from models import BUNDLED
+
+    return not isinstance(source, (str, Path)) or source in (*BUNDLED, "dummy") or Path(source).exists()
 
 
 @contextmanager

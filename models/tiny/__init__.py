@@ -50,13 +50,18 @@ ROOT = Path(__file__).resolve().parent / "weights"
 WEIGHTS_DIR = ROOT / "pipeline"  # StableDiffusionPipeline.save_pretrained folder
 CLIP_DIR = ROOT / "clip"  # CLIPModel + CLIPProcessor folder
 JUDGE_PATH = ROOT / "judge.safetensors"
+# UNet2DConditionModel folder: a UNet trained with two-object scenes and a token loss, whose object
+# words' cross-attention maps find their objects (`models.tiny.grounding`); the pipeline's own is not.
+GROUNDED_UNET_DIR = ROOT / "grounded_unet"
 
 
-def load_pipeline(device: str = "cpu") -> StableDiffusionPipeline:
-    """The shipped tiny `StableDiffusionPipeline`, loaded offline (progress bar off)."""
+def load_pipeline(device: str = "cpu", grounded: bool = False, root: Path = ROOT, **kwargs) -> StableDiffusionPipeline:
+    """The shipped tiny `StableDiffusionPipeline` (the weights under `root`), loaded offline (progress
+    bar off); `grounded`: with the grounded UNet (`GROUNDED_UNET_DIR`) in place of its own. `kwargs`
+    go to `from_pretrained` (e.g. `torch_dtype`)."""
     from models.tiny.pipeline import load
 
-    return load(WEIGHTS_DIR, device)
+    return load(root / WEIGHTS_DIR.name, device, unet=root / GROUNDED_UNET_DIR.name if grounded else None, **kwargs)
 
 
 def clip_dir() -> Path:
@@ -75,7 +80,7 @@ def judge_images(images) -> list[dict]:
 
 
 __all__ = [
-    "ATTRIBUTES", "CAPTIONED", "CHARACTERS", "CLIP_DIR", "COLORS", "COUNTS", "FACTS", "FLAGS", "JUDGE_PATH", "KINGS",
+    "ATTRIBUTES", "CAPTIONED", "CHARACTERS", "CLIP_DIR", "COLORS", "COUNTS", "FACTS", "FLAGS", "GROUNDED_UNET_DIR", "JUDGE_PATH", "KINGS",
     "LANDS", "MARKS", "NAMED", "OBJECTS", "PLAIN_TEMPLATES", "PLURALS", "SIZE", "STYLES", "STYLE_TEMPLATES", "Scene",
     "VALUES", "WEIGHTS_DIR", "caption", "change_one", "clip_dir", "held_out_combos", "held_out_named",
     "is_held_out", "judge_images", "load_pipeline", "named_scene", "render", "render_batch", "sample_scene",

@@ -26,10 +26,10 @@ import interp.quiet  # noqa: F401  (first: a quiet start, before diffusers impor
 from diffusers import StableDiffusionPipeline
 from transformers import CLIPModel, CLIPTokenizer
 
-from models.tiny import CLIP_DIR, JUDGE_PATH, ROOT, WEIGHTS_DIR
+from models.tiny import CLIP_DIR, JUDGE_PATH, ROOT, load_pipeline
 from models.tiny.clip import scores
 from models.tiny.judge import JudgeNet, accuracy, load_judge, predict
-from models.tiny.pipeline import GUIDANCE, STEPS, generate, load
+from models.tiny.pipeline import GUIDANCE, STEPS, generate
 from models.tiny.scenes import (
     ATTRIBUTES, CAPTIONED, CHARACTERS, COUNTS, NAMED, PLAIN_TEMPLATES, STYLES, VALUES, Scene, caption,
     change_one, held_out_combos, is_held_out, named_scene, render_batch, sample_scene, templates_of,
@@ -153,11 +153,11 @@ def _share_row(name: str, hits: np.ndarray, held: np.ndarray, target: float) -> 
     return f"{name:<34}  " + ";  ".join(parts)
 
 
-def main(root: Path = ROOT, n_seen: int = 54, seeds: int = 4) -> None:
-    """Print the quality table of the model saved under `root`."""
+def main(root: Path = ROOT, n_seen: int = 54, seeds: int = 4, grounded: bool = False) -> None:
+    """Print the quality table of the model saved under `root` (`grounded`: with its grounded UNet)."""
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    pipe = load(root / WEIGHTS_DIR.name)
+    pipe = load_pipeline(root=root, grounded=grounded)
     judge = load_judge(root / JUDGE_PATH.name)
     clip = CLIPModel.from_pretrained(str(root / CLIP_DIR.name)).eval()
     tokenizer = CLIPTokenizer.from_pretrained(str(root / CLIP_DIR.name))
@@ -202,5 +202,6 @@ if __name__ == "__main__":
     parser.add_argument("--weights", type=Path, default=ROOT, help="weights folder (default: the shipped one)")
     parser.add_argument("--seen", type=int, default=54, help="number of seen-combo prompts")
     parser.add_argument("--seeds", type=int, default=4, help="generator seeds per prompt")
+    parser.add_argument("--grounded", action="store_true", help="the grounded UNet (grounded_unet/) in place of the pipeline's")
     args = parser.parse_args()
-    main(args.weights, args.seen, args.seeds)
+    main(args.weights, args.seen, args.seeds, args.grounded)

@@ -24,7 +24,10 @@ from diffusers.models.attention_processor import Attention
 
 from interp.attention_probs import CapturingProcessor
 
-GROUNDING_WEIGHT = 0.1  # `train --grounding`: the token loss's weight beside the epsilon loss (about 0.06 trained)
+# The grounded UNet's recipe (`python -m models.tiny.train --stages grounded_unet`): the token loss's
+# weight beside the epsilon loss, and two-object scenes beside each batch of 64.
+GROUNDING_WEIGHT = 0.1
+GROUNDING_PAIRS = 8
 
 
 @contextmanager

@@ -38,10 +38,16 @@ def assemble(
     )
 
 
-def load(folder: Path, device: str | torch.device = "cpu", **kwargs: Any) -> StableDiffusionPipeline:
+def load(
+    folder: Path, device: str | torch.device = "cpu", unet: Path | None = None, **kwargs: Any
+) -> StableDiffusionPipeline:
     """The pipeline saved in `folder`, offline, on `device`, with its progress bars (loading and
-    sampling) off; `kwargs` go to `from_pretrained` (e.g. `torch_dtype`)."""
+    sampling) off; `unet`: a UNet folder that replaces the pipeline's own; `kwargs` go to
+    `from_pretrained` (e.g. `torch_dtype`)."""
     with without_library_bars():
+        if unet is not None:
+            dtype = {"torch_dtype": kwargs["torch_dtype"]} if "torch_dtype" in kwargs else {}
+            kwargs["unet"] = UNet2DConditionModel.from_pretrained(str(unet), local_files_only=True, **dtype)
         pipe = StableDiffusionPipeline.from_pretrained(
             str(folder), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
             local_files_only=True, **kwargs,

@@ -5,15 +5,16 @@ renders and VAE reconstructions); clip (tokenizer + contrastive CLIP, both tower
 clip_vision (the vision tower alone, on scenes next to one-attribute-changed twins; the text tower
 is the diffusion model's encoder and stays as the clip stage left it); unet (on cached VAE latents,
 text from the CLIP's text tower) -> the assembled pipeline. `--stages` retrains some stages from the
-saved others. `--pairs 8 --grounding 0.1` trains a UNet whose object words' cross-attention maps
-find their objects (two-object scenes beside each batch, `models.tiny.pairs`, and a token loss,
-`models.tiny.grounding`); the shipped UNet is trained without (see the README). A full run
-reproduces the shipped weights (up to CPU floating-point nondeterminism).
+saved others. grounded_unet (last) trains a second UNet whose object words' cross-attention maps
+find their objects: two-object scenes beside each batch (`models.tiny.pairs`) and a token loss
+(`models.tiny.grounding`); `--pairs` and `--grounding` change its recipe for experiments. A full
+run reproduces the shipped weights (up to CPU floating-point nondeterminism).
 
 A full run uses both cores the way these small models use them best: two processes of one thread
 each (a second thread speeds a stage up only 1.15-1.5x here). Phase 1 trains the VAE here and the CLIP
 in a child process; phase 2 trains the UNet here and the judge and the CLIP's vision tower in a
-child, and the UNet takes both threads once the child is done.
+child, and the UNet takes both threads once the child is done; phase 3 trains the grounded UNet
+on both threads.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from diffusers import AutoencoderKL
 from tqdm import tqdm
 from transformers import CLIPModel
 
-from models.tiny import CLIP_DIR, JUDGE_PATH, ROOT, WEIGHTS_DIR
+from models.tiny import CLIP_DIR, GROUNDED_UNET_DIR, JUDGE_PATH, ROOT, WEIGHTS_DIR
 from models.tiny.clip import save_clip, text_encoder_of, train_clip, tune_vision
-from models.tiny.grounding import GROUNDING_WEIGHT
+from models.tiny.grounding import GROUNDING_PAIRS, GROUNDING_WEIGHT
 from models.tiny.judge import labels, save_judge, train_judge
 from models.tiny.pairs import Pair, random_pair, render_pair
 from models.tiny.pipeline import assemble
@@ -49,10 +50,10 @@ from models.tiny.vae import decode, encode, train_vae
 SEED = 0
 SCENES = 16_000
 PAIRS = 4_000  # two-object scenes (models.tiny.pairs), for the UNet only
-STEPS = {"vae": 1500, "judge": 1000, "clip": 800, "clip_vision": 3000, "unet": 6000}
+STEPS = {"vae": 1500, "judge": 1000, "clip": 800, "clip_vision": 3000, "unet": 6000, "grounded_unet": 6000}
 STAGES = tuple(STEPS)
 # (stages run here, stages run in a child process) per phase; a phase needs only earlier phases.
-PHASES = ((("vae",), ("clip",)), (("unet",), ("judge", "clip_vision")))
+PHASES = ((("vae",), ("clip",)), (("unet",), ("judge", "clip_vision")), (("grounded_unet",), ()))
 
 
 def render_dataset(n: int, seed: int) -> tuple[list[Scene], np.ndarray]:
@@ -71,26 +72,28 @@ def render_pairs(n: int, seed: int) -> tuple[list[Pair], np.ndarray]:
 
 
 def main(stages: tuple[str, ...] = STAGES, scale: float = 1.0, out: Path = ROOT, threads: int = 2,
-         pairs: int = 0, grounding: float = 0.0) -> None:
+         pairs: int = GROUNDING_PAIRS, grounding: float = GROUNDING_WEIGHT) -> None:
     """Train `stages` with step counts multiplied by `scale`, reading earlier stages from `out`: all
-    of them in two parallel processes when `threads` >= 2, else one after another. The UNet sees
-    `pairs` two-object scenes beside each batch and the token loss at weight `grounding`."""
+    of them in two parallel processes when `threads` >= 2, else one after another. The grounded UNet
+    sees `pairs` two-object scenes beside each batch and the token loss at weight `grounding`."""
     if set(stages) == set(STAGES) and threads >= 2:
         train_in_parallel(scale, out, threads, pairs, grounding)
     else:
         run_stages(stages, scale, out, threads, pairs=pairs, grounding=grounding)
 
 
-def train_in_parallel(scale: float, out: Path, threads: int, pairs: int = 0, grounding: float = 0.0) -> None:
-    """Every stage, phase by phase, half of each phase in a one-thread child process."""
+def train_in_parallel(scale: float, out: Path, threads: int, pairs: int, grounding: float) -> None:
+    """Every stage, phase by phase, half of each phase in a one-thread child process (if it has one)."""
     start = time.time()
     for here, there in PHASES:
+        if not there:
+            run_stages(here, scale, out, threads, pairs=pairs, grounding=grounding)
+            continue
         command = [sys.executable, "-m", "models.tiny.train", "--stages", *there, "--scale", str(scale),
                    "--out", str(out), "--threads", "1"]
         child = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[2])
         try:
-            run_stages(here, scale, out, threads=1, on_unet_step=widen_when_done(child, threads), pairs=pairs,
-                       grounding=grounding)
+            run_stages(here, scale, out, threads=1, on_unet_step=widen_when_done(child, threads))
         except BaseException:
             child.kill()
             raise
@@ -111,9 +114,11 @@ def widen_when_done(child: subprocess.Popen, threads: int) -> Callable[[int], No
 
 def run_stages(
     stages: tuple[str, ...], scale: float, out: Path, threads: int,
-    on_unet_step: Callable[[int], None] | None = None, pairs: int = 0, grounding: float = 0.0,
+    on_unet_step: Callable[[int], None] | None = None, pairs: int = GROUNDING_PAIRS,
+    grounding: float = GROUNDING_WEIGHT,
 ) -> None:
-    """Train `stages` in this process, in the order of `STAGES`."""
+    """Train `stages` in this process, in the order of `STAGES`; the grounded UNet with `pairs` per
+    batch and the token loss at weight `grounding`."""
     torch.set_num_threads(threads)
     steps = {k: max(1, round(v * scale)) for k, v in STEPS.items()}
     start, times = time.time(), {}
@@ -127,7 +132,8 @@ def run_stages(
         shutil.rmtree(pipeline_dir, ignore_errors=True)
         train_vae(pixels[torch.from_numpy(seen)], steps["vae"], seed=SEED).save_pretrained(str(pipeline_dir / "vae"))
         times["vae"] = time.time() - start
-    if "judge" in stages or "unet" in stages:
+    unets = [stage for stage in ("unet", "grounded_unet") if stage in stages]
+    if "judge" in stages or unets:
         vae = AutoencoderKL.from_pretrained(str(pipeline_dir / "vae")).eval().requires_grad_(False)
         latents = encode(vae, pixels)
 
@@ -148,19 +154,23 @@ def run_stages(
         clip = tune_vision(clip, images[seen], seen_scenes, tokenizer, steps["clip_vision"], seed=SEED + 1)
         save_clip(clip, tokenizer, clip_dir)
         times["clip_vision"] = time.time() - start
-    if "unet" in stages:
+    for stage in unets:
         # The text tower is the same before and after clip_vision, which may run meanwhile.
         encoder = text_encoder_of(CLIPModel.from_pretrained(str(clip_dir)))
+        grounded = stage == "grounded_unet"
         two = None
-        if pairs:
+        if grounded and pairs:
             drawn_pairs, pair_images = render_pairs(max(256, round(PAIRS * min(1.0, scale))), SEED + 1)
             two = (encode(vae, to_signed(pair_images)), drawn_pairs, pairs)
         unet = train_unet(
-            latents[torch.from_numpy(seen)], seen_scenes, encoder, tokenizer, steps["unet"], seed=SEED,
-            on_step=on_unet_step, pairs=two, grounding=grounding,
+            latents[torch.from_numpy(seen)], seen_scenes, encoder, tokenizer, steps[stage], seed=SEED,
+            on_step=on_unet_step, pairs=two, grounding=grounding if grounded else 0.0,
         )
-        assemble(vae, encoder, tokenizer, unet).save_pretrained(str(pipeline_dir), safe_serialization=True)
-        times["unet"] = time.time() - start
+        if grounded:
+            unet.save_pretrained(str(out / GROUNDED_UNET_DIR.name), safe_serialization=True)
+        else:
+            assemble(vae, encoder, tokenizer, unet).save_pretrained(str(pipeline_dir), safe_serialization=True)
+        times[stage] = time.time() - start
     print(json.dumps({"stages": stages, "steps": {k: steps[k] for k in stages},
                       "seconds_elapsed_after": {k: round(v) for k, v in times.items()}}))
 
@@ -171,8 +181,8 @@ if __name__ == "__main__":
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count (quick runs)")
     parser.add_argument("--out", type=Path, default=ROOT, help="weights folder (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (1 on a shared, busy CPU: stages then run one after another)")
-    parser.add_argument("--pairs", type=int, default=0, help="two-object scenes beside each UNet batch (8 grounds pairs)")
-    parser.add_argument("--grounding", type=float, default=0.0,
-                        help=f"weight of the token loss on object words' attention (models.tiny.grounding; {GROUNDING_WEIGHT} grounds them)")
+    parser.add_argument("--pairs", type=int, default=GROUNDING_PAIRS, help="grounded_unet: two-object scenes beside each batch")
+    parser.add_argument("--grounding", type=float, default=GROUNDING_WEIGHT,
+                        help="grounded_unet: weight of the token loss on object words' attention (models.tiny.grounding)")
     args = parser.parse_args()
     main(tuple(args.stages), args.scale, args.out, args.threads, args.pairs, args.grounding)
