@@ -261,7 +261,7 @@ def test_the_grounded_unets_object_words_find_their_objects(grounded) -> None:
     scores = score_cases(generate_cases(grounded, map_scenes(1, 6, seed=MAP_SEED + 7), seeds=(0, 1), steps=STEPS_TINY))
     print("\n".join(scores.lines()))
     assert scores.kept >= 8
-    assert scores.peak_inside.value >= 0.75 and scores.iou["object"].value > scores.other_image.value
+    assert scores.peak_inside.value >= 0.75 and scores.iou["object"].value > max(0.5, scores.other_image.value)
     pairs = score_pairs(generate_pair_cases(grounded, map_pairs(6, seed=MAP_SEED + 7), seeds=(0, 1), steps=STEPS_TINY))
     print("\n".join(pairs.lines()))
     assert pairs.kept >= 6

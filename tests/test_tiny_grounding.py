@@ -37,17 +37,19 @@ def test_kept_probabilities_change_nothing_and_the_processors_come_back() -> Non
     assert torch.allclose(probs[0].sum(-1), torch.ones(()))
 
 
-def test_token_loss_is_zero_inside_the_mask_and_grows_outside() -> None:
+def test_grounding_loss_is_zero_on_the_mask_and_grows_outside() -> None:
     mask = torch.zeros(1, 8, 8)
     mask[0, :4, :4] = 1.0
     inside = torch.zeros(1, 1, 64, 3)
     inside[0, 0, :, 0] = 1.0  # every query on token 0 ...
-    inside[0, 0, :, 1] = mask.flatten()  # ... and token 1 only from inside the mask
-    grounds = Grounds(torch.tensor([0]), torch.tensor([1]), mask)
-    assert grounding_loss([inside], grounds) == 0
-    assert grounding_loss([inside], Grounds(torch.tensor([0]), torch.tensor([0]), mask)) == (1 - 16 / 64) ** 2
+    inside[0, 0, :, 1] = mask.flatten()  # ... and token 1 only from inside the mask, with all its attention
+    grounds, spread = Grounds(torch.tensor([0]), torch.tensor([1]), mask), Grounds(torch.tensor([0]), torch.tensor([0]), mask)
+    assert grounding_loss([inside], grounds) < 1e-5
+    assert grounding_loss([inside], spread, pixel=0.0) == (1 - 16 / 64) ** 2  # the token loss alone
+    pixel = grounding_loss([inside], spread, pixel=1.0) - grounding_loss([inside], spread, pixel=0.0)
+    assert torch.isclose(pixel, -torch.log(torch.tensor(1e-6)) * 48 / 64, rtol=1e-3)  # BCE off the mask
     coarse = inside.view(1, 1, 8, 8, 3)[:, :, ::2, ::2].reshape(1, 1, 16, 3)  # a 4x4 layer: the mask is pooled
-    assert grounding_loss([coarse], grounds) == 0
+    assert grounding_loss([coarse], grounds) < 1e-5
     assert grounding_loss([inside], Grounds(torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long),
                                             mask[:0])) == 0
 

@@ -46,8 +46,9 @@ def load(
     `from_pretrained` (e.g. `torch_dtype`)."""
     with without_library_bars():
         if unet is not None:
-            dtype = {"torch_dtype": kwargs["torch_dtype"]} if "torch_dtype" in kwargs else {}
-            kwargs["unet"] = UNet2DConditionModel.from_pretrained(str(unet), local_files_only=True, **dtype)
+            dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))  # the pipeline's, if the caller gives one
+            kwargs["unet"] = UNet2DConditionModel.from_pretrained(str(unet), local_files_only=True,
+                                                                  **({"dtype": dtype} if dtype else {}))
         pipe = StableDiffusionPipeline.from_pretrained(
             str(folder), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
             local_files_only=True, **kwargs,
