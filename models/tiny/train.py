@@ -37,7 +37,7 @@ from transformers import CLIPModel
 
 from models.tiny import CLIP_DIR, GROUNDED_UNET_DIR, JUDGE_PATH, ROOT, WEIGHTS_DIR
 from models.tiny.clip import save_clip, text_encoder_of, train_clip, tune_vision
-from models.tiny.grounding import GROUNDING_PAIRS, GROUNDING_WEIGHT
+from models.tiny.grounding import GROUNDING_PAIRS, GROUNDING_WEIGHT, PIXEL_WEIGHT
 from models.tiny.judge import labels, save_judge, train_judge
 from models.tiny.pairs import Pair, random_pair, render_pair
 from models.tiny.pipeline import assemble
@@ -72,22 +72,23 @@ def render_pairs(n: int, seed: int) -> tuple[list[Pair], np.ndarray]:
 
 
 def main(stages: tuple[str, ...] = STAGES, scale: float = 1.0, out: Path = ROOT, threads: int = 2,
-         pairs: int = GROUNDING_PAIRS, grounding: float = GROUNDING_WEIGHT) -> None:
+         pairs: int = GROUNDING_PAIRS, grounding: float = GROUNDING_WEIGHT, pixel: float = PIXEL_WEIGHT) -> None:
     """Train `stages` with step counts multiplied by `scale`, reading earlier stages from `out`: all
     of them in two parallel processes when `threads` >= 2, else one after another. The grounded UNet
-    sees `pairs` two-object scenes beside each batch and the token loss at weight `grounding`."""
+    sees `pairs` two-object scenes beside each batch and the grounding terms at weight `grounding`
+    (the pixel loss at `pixel` times it)."""
     if set(stages) == set(STAGES) and threads >= 2:
-        train_in_parallel(scale, out, threads, pairs, grounding)
+        train_in_parallel(scale, out, threads, pairs, grounding, pixel)
     else:
-        run_stages(stages, scale, out, threads, pairs=pairs, grounding=grounding)
+        run_stages(stages, scale, out, threads, pairs=pairs, grounding=grounding, pixel=pixel)
 
 
-def train_in_parallel(scale: float, out: Path, threads: int, pairs: int, grounding: float) -> None:
+def train_in_parallel(scale: float, out: Path, threads: int, pairs: int, grounding: float, pixel: float) -> None:
     """Every stage, phase by phase, half of each phase in a one-thread child process (if it has one)."""
     start = time.time()
     for here, there in PHASES:
         if not there:
-            run_stages(here, scale, out, threads, pairs=pairs, grounding=grounding)
+            run_stages(here, scale, out, threads, pairs=pairs, grounding=grounding, pixel=pixel)
             continue
         command = [sys.executable, "-m", "models.tiny.train", "--stages", *there, "--scale", str(scale),
                    "--out", str(out), "--threads", "1"]
@@ -115,10 +116,10 @@ def widen_when_done(child: subprocess.Popen, threads: int) -> Callable[[int], No
 def run_stages(
     stages: tuple[str, ...], scale: float, out: Path, threads: int,
     on_unet_step: Callable[[int], None] | None = None, pairs: int = GROUNDING_PAIRS,
-    grounding: float = GROUNDING_WEIGHT,
+    grounding: float = GROUNDING_WEIGHT, pixel: float = PIXEL_WEIGHT,
 ) -> None:
     """Train `stages` in this process, in the order of `STAGES`; the grounded UNet with `pairs` per
-    batch and the token loss at weight `grounding`."""
+    batch and the grounding terms at weight `grounding` (the pixel loss at `pixel` times it)."""
     torch.set_num_threads(threads)
     steps = {k: max(1, round(v * scale)) for k, v in STEPS.items()}
     start, times = time.time(), {}
@@ -164,7 +165,7 @@ def run_stages(
             two = (encode(vae, to_signed(pair_images)), drawn_pairs, pairs)
         unet = train_unet(
             latents[torch.from_numpy(seen)], seen_scenes, encoder, tokenizer, steps[stage], seed=SEED,
-            on_step=on_unet_step, pairs=two, grounding=grounding if grounded else 0.0,
+            on_step=on_unet_step, pairs=two, grounding=grounding if grounded else 0.0, pixel=pixel,
         )
         if grounded:
             unet.save_pretrained(str(out / GROUNDED_UNET_DIR.name), safe_serialization=True)
@@ -183,6 +184,8 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (1 on a shared, busy CPU: stages then run one after another)")
     parser.add_argument("--pairs", type=int, default=GROUNDING_PAIRS, help="grounded_unet: two-object scenes beside each batch")
     parser.add_argument("--grounding", type=float, default=GROUNDING_WEIGHT,
-                        help="grounded_unet: weight of the token loss on object words' attention (models.tiny.grounding)")
+                        help="grounded_unet: weight of the grounding terms on object words' attention (models.tiny.grounding)")
+    parser.add_argument("--pixel", type=float, default=PIXEL_WEIGHT,
+                        help="grounded_unet: the pixel loss's weight relative to the token loss's (0: the token loss alone)")
     args = parser.parse_args()
-    main(tuple(args.stages), args.scale, args.out, args.threads, args.pairs, args.grounding)
+    main(tuple(args.stages), args.scale, args.out, args.threads, args.pairs, args.grounding, args.pixel)

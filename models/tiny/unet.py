@@ -13,7 +13,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from models.tiny.clip import WIDTH, token_ids
-from models.tiny.grounding import Grounds, grounding_loss, kept_cross_attention
+from models.tiny.grounding import PIXEL_WEIGHT, Grounds, grounding_loss, kept_cross_attention
 from models.tiny.pairs import Pair, random_pair_caption, render_pair
 from models.tiny.scenes import PLURALS, Scene, object_mask, random_caption
 from models.tiny.training import optimize
@@ -104,11 +104,13 @@ def train_unet(
     latents: torch.Tensor, scenes: Sequence[Scene], encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
     steps: int, batch: int = 64, seed: int = 0, on_step: Callable[[int], None] | None = None,
     pairs: tuple[torch.Tensor, Sequence[Pair], int] | None = None, grounding: float = 0.0,
+    pixel: float = PIXEL_WEIGHT,
 ) -> UNet2DConditionModel:
     """Epsilon-prediction training (Min-SNR weighted) on scaled `latents` of `scenes` with random
     captions; returns the exponential moving average of the weights. `pairs` (their latents, the
     pairs, how many per batch) adds two-object scenes beside each `batch`; `grounding` > 0 adds
-    that weight of the token loss (`models.tiny.grounding`) on every object word. `on_step(step)`
+    that weight of the grounding terms (`models.tiny.grounding`; the pixel loss at `pixel` times the
+    token loss's weight) on every object word. `on_step(step)`
     runs after each update (the trainer widens the thread pool there once a parallel stage is
     done)."""
     torch.manual_seed(seed)
@@ -152,7 +154,7 @@ def train_unet(
         per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
         loss = (min_snr_weights(sched, t) * per_sample).mean()
         if grounding:
-            loss = loss + grounding * grounding_loss(probs, grounds_of(idx, captions))
+            loss = loss + grounding * grounding_loss(probs, grounds_of(idx, captions), pixel)
         return loss
 
     @torch.no_grad()
