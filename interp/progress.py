@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+from models import BUNDLED
+
 _requested = False  # set by `request()`: show bars even off a terminal
 
 
@@ -28,8 +30,6 @@ def default() -> bool:
 
 def is_local(source: object) -> bool:
     """Whether a model source loads from this machine (a folder, "tiny", "dummy"), not the hub."""
-    from models import BUNDLED
-
     return not isinstance(source, (str, Path)) or source in (*BUNDLED, "dummy") or Path(source).exists()
 
 

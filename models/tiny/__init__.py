@@ -50,8 +50,9 @@ ROOT = Path(__file__).resolve().parent / "weights"
 WEIGHTS_DIR = ROOT / "pipeline"  # StableDiffusionPipeline.save_pretrained folder
 CLIP_DIR = ROOT / "clip"  # CLIPModel + CLIPProcessor folder
 JUDGE_PATH = ROOT / "judge.safetensors"
-# UNet2DConditionModel folder: a UNet trained with two-object scenes and a token loss, whose object
-# words' cross-attention maps find their objects (`models.tiny.grounding`); the pipeline's own is not.
+# UNet2DConditionModel folder: a UNet trained with two-object scenes and the token and pixel losses,
+# whose object words' cross-attention maps find their objects (`models.tiny.grounding`); the
+# pipeline's own UNet's do not.
 GROUNDED_UNET_DIR = ROOT / "grounded_unet"
 
 

@@ -5,16 +5,15 @@ renders and VAE reconstructions); clip (tokenizer + contrastive CLIP, both tower
 clip_vision (the vision tower alone, on scenes next to one-attribute-changed twins; the text tower
 is the diffusion model's encoder and stays as the clip stage left it); unet (on cached VAE latents,
 text from the CLIP's text tower) -> the assembled pipeline. `--stages` retrains some stages from the
-saved others. grounded_unet (last) trains a second UNet whose object words' cross-attention maps
-find their objects: two-object scenes beside each batch (`models.tiny.pairs`) and a token loss
-(`models.tiny.grounding`); `--pairs` and `--grounding` change its recipe for experiments. A full
-run reproduces the shipped weights (up to CPU floating-point nondeterminism).
+saved others. grounded_unet (after unet) trains a second UNet whose object words' cross-attention
+maps find their objects: two-object scenes beside each batch (`models.tiny.pairs`) and the token and
+pixel losses (`models.tiny.grounding`); `--pairs`, `--grounding` and `--pixel` change its recipe for
+experiments. A full run reproduces the shipped weights (up to CPU floating-point nondeterminism).
 
 A full run uses both cores the way these small models use them best: two processes of one thread
 each (a second thread speeds a stage up only 1.15-1.5x here). Phase 1 trains the VAE here and the CLIP
 in a child process; phase 2 trains the UNet here and the judge and the CLIP's vision tower in a
-child, and the UNet takes both threads once the child is done; phase 3 trains the grounded UNet
-on both threads.
+child, then the grounded UNet here, and the UNets take both threads once the child is done.
 """
 
 from __future__ import annotations
@@ -53,7 +52,7 @@ PAIRS = 4_000  # two-object scenes (models.tiny.pairs), for the UNet only
 STEPS = {"vae": 1500, "judge": 1000, "clip": 800, "clip_vision": 3000, "unet": 6000, "grounded_unet": 6000}
 STAGES = tuple(STEPS)
 # (stages run here, stages run in a child process) per phase; a phase needs only earlier phases.
-PHASES = ((("vae",), ("clip",)), (("unet",), ("judge", "clip_vision")), (("grounded_unet",), ()))
+PHASES = ((("vae",), ("clip",)), (("unet", "grounded_unet"), ("judge", "clip_vision")))
 
 
 def render_dataset(n: int, seed: int) -> tuple[list[Scene], np.ndarray]:
@@ -84,17 +83,15 @@ def main(stages: tuple[str, ...] = STAGES, scale: float = 1.0, out: Path = ROOT,
 
 
 def train_in_parallel(scale: float, out: Path, threads: int, pairs: int, grounding: float, pixel: float) -> None:
-    """Every stage, phase by phase, half of each phase in a one-thread child process (if it has one)."""
+    """Every stage, phase by phase, half of each phase in a one-thread child process."""
     start = time.time()
     for here, there in PHASES:
-        if not there:
-            run_stages(here, scale, out, threads, pairs=pairs, grounding=grounding, pixel=pixel)
-            continue
         command = [sys.executable, "-m", "models.tiny.train", "--stages", *there, "--scale", str(scale),
                    "--out", str(out), "--threads", "1"]
         child = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[2])
         try:
-            run_stages(here, scale, out, threads=1, on_unet_step=widen_when_done(child, threads))
+            run_stages(here, scale, out, threads=1, on_unet_step=widen_when_done(child, threads), pairs=pairs,
+                       grounding=grounding, pixel=pixel)
         except BaseException:
             child.kill()
             raise
@@ -155,9 +152,9 @@ def run_stages(
         clip = tune_vision(clip, images[seen], seen_scenes, tokenizer, steps["clip_vision"], seed=SEED + 1)
         save_clip(clip, tokenizer, clip_dir)
         times["clip_vision"] = time.time() - start
-    for stage in unets:
-        # The text tower is the same before and after clip_vision, which may run meanwhile.
+    if unets:  # the text tower is the same before and after clip_vision, which may run meanwhile
         encoder = text_encoder_of(CLIPModel.from_pretrained(str(clip_dir)))
+    for stage in unets:
         grounded = stage == "grounded_unet"
         two = None
         if grounded and pairs:

@@ -110,9 +110,8 @@ def train_unet(
     captions; returns the exponential moving average of the weights. `pairs` (their latents, the
     pairs, how many per batch) adds two-object scenes beside each `batch`; `grounding` > 0 adds
     that weight of the grounding terms (`models.tiny.grounding`; the pixel loss at `pixel` times the
-    token loss's weight) on every object word. `on_step(step)`
-    runs after each update (the trainer widens the thread pool there once a parallel stage is
-    done)."""
+    token loss's weight) on every object word. `on_step(step)` runs after each update (the trainer
+    widens the thread pool there once a parallel stage is done)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
